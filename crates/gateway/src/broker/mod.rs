@@ -1,0 +1,47 @@
+//! The broker: how a node hears about events published by any node. One trait, two
+//! implementations chosen by configuration — Redis pub/sub for a cluster, in-process for a
+//! single node — and the rest of the gateway does not know which it has.
+//!
+//! A broker never interprets payloads: it moves bytes on named channels and hands what arrives
+//! to an [`Inbound`] (the hub). Subscription commands are *ordered*: they are enqueued
+//! synchronously (the hub issues them under its lock), so a subscribe can never overtake the
+//! unsubscribe that preceded it.
+
+mod memory;
+mod redis;
+
+pub use self::memory::MemoryBroker;
+pub use self::redis::{RedisBroker, RedisBrokerOptions};
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+/// Why a subscription could not be confirmed.
+#[derive(Debug, thiserror::Error)]
+#[error("broker unavailable: {0}")]
+pub struct BrokerError(pub String);
+
+/// Receives what the broker hears. Implemented by the hub.
+pub trait Inbound: Send + Sync + 'static {
+    /// A payload arrived on `channel`. Must not block: called on the broker's reader task.
+    fn on_message(&self, channel: &str, payload: Bytes);
+    /// The broker (re)connected and every subscription is back: look for gaps now, since
+    /// anything published while it was away was lost by pub/sub.
+    fn on_resubscribed(&self);
+}
+
+/// Publish and subscribe on named channels.
+pub trait Broker: Send + Sync + 'static {
+    /// Queue a publish. Never blocks; failures are counted and left to gap repair, because the
+    /// message is already durable and every node sweeps for gaps.
+    fn publish(&self, channel: String, payload: Bytes);
+    /// Subscribe to channels; the receiver resolves once the broker confirmed them (or failed;
+    /// the channels stay wanted and are subscribed on reconnect either way).
+    fn subscribe(&self, channels: Vec<String>) -> oneshot::Receiver<Result<(), BrokerError>>;
+    /// Unsubscribe from channels.
+    fn unsubscribe(&self, channels: Vec<String>);
+    /// Connected, and (for Redis) the liveness probe came back in time.
+    fn is_healthy(&self) -> bool;
+    /// Stop background tasks.
+    fn shutdown(&self);
+}

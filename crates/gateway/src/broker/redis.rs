@@ -1,0 +1,384 @@
+//! Redis pub/sub broker: ONE pub/sub connection per node (never one per socket), a reader task
+//! that reconnects with exponential backoff and full jitter and resubscribes everything, a
+//! liveness probe that catches a connection which is open but no longer delivering, and a
+//! publisher task that pipelines queued publishes over a pooled connection.
+
+use super::{Broker, BrokerError, Inbound};
+use crate::metrics::Metrics;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use rand::Rng;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+/// Settings of the Redis broker.
+#[derive(Clone, Debug)]
+pub struct RedisBrokerOptions {
+    /// `redis://…`.
+    pub url: String,
+    /// Always subscribed: the control channel.
+    pub control_channel: String,
+    /// Always subscribed: this node's probe channel.
+    pub probe_channel: String,
+    /// Reconnect backoff floor.
+    pub reconnect_min: Duration,
+    /// Reconnect backoff ceiling.
+    pub reconnect_max: Duration,
+    /// Probe interval.
+    pub probe_interval: Duration,
+    /// Probe deadline.
+    pub probe_timeout: Duration,
+    /// Publishes queued before new ones are dropped (and left to gap repair).
+    pub publish_queue: usize,
+}
+
+enum Command {
+    Subscribe(Vec<String>, oneshot::Sender<Result<(), BrokerError>>),
+    Unsubscribe(Vec<String>),
+}
+
+/// Handle to the broker's tasks.
+pub struct RedisBroker {
+    // Unbounded on purpose: subscription commands are control-plane (one per thread that gains
+    // its first or loses its last local session), they must be enqueued under the hub's lock
+    // without awaiting, and their order matters. Chat traffic never goes through it.
+    commands: mpsc::UnboundedSender<Command>,
+    publishes: mpsc::Sender<(String, Bytes)>,
+    healthy: Arc<AtomicBool>,
+    cancel: CancellationToken,
+    metrics: Metrics,
+}
+
+impl RedisBroker {
+    /// Start the reader and publisher tasks. Returns once the first connection is up, so a
+    /// node does not report ready (or accept sessions) on a broker that never connected.
+    pub async fn start(
+        opts: RedisBrokerOptions,
+        pool: deadpool_redis::Pool,
+        inbound: Weak<dyn Inbound>,
+        metrics: Metrics,
+    ) -> Result<Arc<Self>, BrokerError> {
+        let client =
+            redis::Client::open(opts.url.as_str()).map_err(|e| BrokerError(e.to_string()))?;
+        // Fail fast at start-up when Redis is unreachable (no lazy pool hiding an outage).
+        let first = tokio::time::timeout(Duration::from_secs(5), client.get_async_pubsub())
+            .await
+            .map_err(|_| BrokerError("timed out connecting to redis".into()))?
+            .map_err(|e| BrokerError(e.to_string()))?;
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let (pub_tx, pub_rx) = mpsc::channel(opts.publish_queue);
+        let healthy = Arc::new(AtomicBool::new(false));
+        let cancel = CancellationToken::new();
+        let reader = Reader {
+            client,
+            opts: opts.clone(),
+            inbound,
+            commands: cmd_rx,
+            wanted: HashSet::new(),
+            healthy: healthy.clone(),
+            metrics: metrics.clone(),
+            pool: pool.clone(),
+            cancel: cancel.clone(),
+        };
+        let (ready_tx, ready_rx) = oneshot::channel();
+        tokio::spawn(reader.run(Some(first), ready_tx));
+        tokio::spawn(publisher(pool, pub_rx, metrics.clone(), cancel.clone()));
+        let _ = tokio::time::timeout(Duration::from_secs(5), ready_rx).await;
+        Ok(Arc::new(Self {
+            commands: cmd_tx,
+            publishes: pub_tx,
+            healthy,
+            cancel,
+            metrics,
+        }))
+    }
+}
+
+impl Broker for RedisBroker {
+    fn publish(&self, channel: String, payload: Bytes) {
+        if self.publishes.try_send((channel, payload)).is_err() {
+            self.metrics.publish_failures.inc();
+        }
+    }
+
+    fn subscribe(&self, channels: Vec<String>) -> oneshot::Receiver<Result<(), BrokerError>> {
+        let (tx, rx) = oneshot::channel();
+        if let Err(mpsc::error::SendError(Command::Subscribe(_, tx))) =
+            self.commands.send(Command::Subscribe(channels, tx))
+        {
+            let _ = tx.send(Err(BrokerError("broker stopped".into())));
+        }
+        rx
+    }
+
+    fn unsubscribe(&self, channels: Vec<String>) {
+        let _ = self.commands.send(Command::Unsubscribe(channels));
+    }
+
+    fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    fn shutdown(&self) {
+        self.cancel.cancel();
+    }
+}
+
+/// Publishes in pipelines: whatever is queued when the connection is free goes out in one
+/// round trip (one write syscall for many publishes under load).
+async fn publisher(
+    pool: deadpool_redis::Pool,
+    mut rx: mpsc::Receiver<(String, Bytes)>,
+    metrics: Metrics,
+    cancel: CancellationToken,
+) {
+    const MAX_BATCH: usize = 512;
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    loop {
+        let n = tokio::select! {
+            n = rx.recv_many(&mut batch, MAX_BATCH) => n,
+            _ = cancel.cancelled() => return,
+        };
+        if n == 0 {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        for (channel, payload) in batch.iter() {
+            pipe.publish(channel, payload.as_ref()).ignore();
+        }
+        let result = match pool.get().await {
+            Ok(mut conn) => pipe
+                .query_async::<()>(&mut *conn)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = result {
+            // The messages are stored; every subscribed node's sweep will find the gap.
+            tracing::warn!(error = %e, lost = batch.len(), "publish failed");
+            metrics.publish_failures.inc_by(batch.len() as u64);
+        }
+        batch.clear();
+    }
+}
+
+struct Reader {
+    client: redis::Client,
+    opts: RedisBrokerOptions,
+    inbound: Weak<dyn Inbound>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    wanted: HashSet<String>,
+    healthy: Arc<AtomicBool>,
+    metrics: Metrics,
+    pool: deadpool_redis::Pool,
+    cancel: CancellationToken,
+}
+
+enum Ended {
+    Disconnected,
+    Stalled,
+    Cancelled,
+}
+
+impl Reader {
+    async fn run(mut self, mut first: Option<redis::aio::PubSub>, ready: oneshot::Sender<()>) {
+        let mut ready = Some(ready);
+        let mut attempt: u32 = 0;
+        loop {
+            let conn = match first.take() {
+                Some(c) => Ok(c),
+                None => {
+                    tokio::time::timeout(Duration::from_secs(5), self.client.get_async_pubsub())
+                        .await
+                        .map_err(|_| "connect timed out".to_string())
+                        .and_then(|r| r.map_err(|e| e.to_string()))
+                }
+            };
+            let conn = match conn {
+                Ok(c) => c,
+                Err(e) => {
+                    self.healthy.store(false, Ordering::Relaxed);
+                    attempt = attempt.saturating_add(1);
+                    tracing::warn!(error = %e, attempt, "pub/sub connect failed");
+                    if !self.backoff(attempt).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let (mut sink, mut stream) = conn.split();
+            let mut all: Vec<String> = vec![
+                self.opts.control_channel.clone(),
+                self.opts.probe_channel.clone(),
+            ];
+            all.extend(self.wanted.iter().cloned());
+            let mut ok = true;
+            for chunk in all.chunks(1000) {
+                if let Err(e) = sink.subscribe(chunk).await {
+                    tracing::warn!(error = %e, "resubscribe failed");
+                    ok = false;
+                    break;
+                }
+            }
+            if !ok {
+                attempt = attempt.saturating_add(1);
+                if !self.backoff(attempt).await {
+                    return;
+                }
+                continue;
+            }
+            self.metrics.subscriptions.set(self.wanted.len() as i64);
+            self.healthy.store(true, Ordering::Relaxed);
+            if let Some(r) = ready.take() {
+                let _ = r.send(());
+            } else {
+                self.metrics.pubsub_reconnects.inc();
+                tracing::info!(channels = all.len(), "pub/sub reconnected and resubscribed");
+            }
+            if let Some(inbound) = self.inbound.upgrade() {
+                inbound.on_resubscribed();
+            }
+            let ended = self.pump(&mut sink, &mut stream).await;
+            self.healthy.store(false, Ordering::Relaxed);
+            match ended {
+                Ended::Cancelled => return,
+                Ended::Stalled => {
+                    self.metrics.pubsub_stalls.inc();
+                    tracing::warn!("pub/sub stalled (probe not echoed); reconnecting");
+                }
+                Ended::Disconnected => tracing::warn!("pub/sub connection lost; reconnecting"),
+            }
+            attempt = 1;
+            if !self.backoff(attempt).await {
+                return;
+            }
+        }
+    }
+
+    /// Sleep with exponential backoff and full jitter, still taking subscription commands (so
+    /// sessions are never blocked by an outage). Returns false when cancelled.
+    async fn backoff(&mut self, attempt: u32) -> bool {
+        let cap = self.opts.reconnect_max.as_millis() as u64;
+        let base = self.opts.reconnect_min.as_millis() as u64;
+        let exp = base.saturating_mul(1u64 << attempt.min(16)).min(cap).max(1);
+        let wait = Duration::from_millis(rand::thread_rng().gen_range(0..=exp));
+        let deadline = tokio::time::sleep(wait);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = &mut deadline => return true,
+                _ = self.cancel.cancelled() => return false,
+                cmd = self.commands.recv() => match cmd {
+                    None => return false,
+                    Some(Command::Subscribe(chs, ack)) => {
+                        self.wanted.extend(chs);
+                        let _ = ack.send(Err(BrokerError("redis unavailable".into())));
+                    }
+                    Some(Command::Unsubscribe(chs)) => {
+                        for c in chs { self.wanted.remove(&c); }
+                    }
+                },
+            }
+        }
+    }
+
+    async fn pump(
+        &mut self,
+        sink: &mut redis::aio::PubSubSink,
+        stream: &mut redis::aio::PubSubStream,
+    ) -> Ended {
+        let mut probe = tokio::time::interval(self.opts.probe_interval);
+        probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_echo = Instant::now();
+        let probe_channel = self.opts.probe_channel.clone();
+        let mut batch = Vec::new();
+        loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => return Ended::Cancelled,
+                msg = stream.next() => {
+                    let Some(msg) = msg else { return Ended::Disconnected };
+                    let channel = msg.get_channel_name();
+                    if channel == probe_channel {
+                        last_echo = Instant::now();
+                        continue;
+                    }
+                    if let Some(inbound) = self.inbound.upgrade() {
+                        let payload = Bytes::copy_from_slice(msg.get_payload_bytes());
+                        inbound.on_message(channel, payload);
+                    }
+                }
+                n = self.commands.recv_many(&mut batch, 1024) => {
+                    if n == 0 { return Ended::Cancelled; }
+                    if let Err(e) = self.apply(sink, &mut batch).await {
+                        tracing::warn!(error = %e, "subscription command failed");
+                        return Ended::Disconnected;
+                    }
+                }
+                _ = probe.tick() => {
+                    if last_echo.elapsed() > self.opts.probe_timeout {
+                        return Ended::Stalled;
+                    }
+                    let pool = self.pool.clone();
+                    let ch = probe_channel.clone();
+                    tokio::spawn(async move {
+                        if let Ok(mut conn) = pool.get().await {
+                            let _: Result<(), _> = redis::cmd("PUBLISH").arg(&ch).arg("p")
+                                .query_async(&mut *conn).await;
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    /// Apply queued commands, batched: consecutive subscribes go out as one SUBSCRIBE.
+    async fn apply(
+        &mut self,
+        sink: &mut redis::aio::PubSubSink,
+        batch: &mut Vec<Command>,
+    ) -> redis::RedisResult<()> {
+        let mut subs: Vec<String> = Vec::new();
+        let mut acks = Vec::new();
+        let mut result = Ok(());
+        for cmd in batch.drain(..) {
+            match cmd {
+                Command::Subscribe(chs, ack) => {
+                    for c in chs {
+                        if self.wanted.insert(c.clone()) {
+                            subs.push(c);
+                        }
+                    }
+                    acks.push(ack);
+                }
+                Command::Unsubscribe(chs) => {
+                    // Flush pending subscribes first to keep the order.
+                    if result.is_ok() && !subs.is_empty() {
+                        result = sink.subscribe(std::mem::take(&mut subs)).await;
+                    }
+                    let gone: Vec<String> =
+                        chs.into_iter().filter(|c| self.wanted.remove(c)).collect();
+                    if result.is_ok() && !gone.is_empty() {
+                        result = sink.unsubscribe(gone).await;
+                    }
+                }
+            }
+        }
+        if result.is_ok() && !subs.is_empty() {
+            result = sink.subscribe(subs).await;
+        }
+        self.metrics.subscriptions.set(self.wanted.len() as i64);
+        for ack in acks {
+            let _ = ack.send(
+                result
+                    .as_ref()
+                    .map(|_| ())
+                    .map_err(|e| BrokerError(e.to_string())),
+            );
+        }
+        result
+    }
+}

@@ -1,0 +1,323 @@
+//! The chat service: every state change a client can ask for, validated, stored, then announced.
+//! Sessions and HTTP routes call it; it calls the store (source of truth), the directory
+//! (membership mirror) and the broker (fan-out). It never touches sockets.
+
+use crate::broker::Broker;
+use crate::config::LimitSettings;
+use crate::directory::Directory;
+use crate::envelope::{ControlEvent, Envelope};
+use crate::error::{Error, Result};
+use crate::keys::Keys;
+use crate::metrics::Metrics;
+use confab_persistence::{SendOutcome, Store};
+use confab_protocol::api::CreateThread;
+use confab_protocol::{Message, ServerFrame, Thread, ThreadId, UserId, UserRef};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Cheap to clone; shared by every session and route of a node.
+#[derive(Clone)]
+pub struct Chat {
+    /// The database.
+    pub store: Store,
+    broker: Arc<dyn Broker>,
+    directory: Arc<dyn Directory>,
+    keys: Keys,
+    metrics: Metrics,
+    limits: Arc<LimitSettings>,
+}
+
+impl Chat {
+    /// Assemble the service.
+    pub fn new(
+        store: Store,
+        broker: Arc<dyn Broker>,
+        directory: Arc<dyn Directory>,
+        keys: Keys,
+        metrics: Metrics,
+        limits: Arc<LimitSettings>,
+    ) -> Self {
+        Self {
+            store,
+            broker,
+            directory,
+            keys,
+            metrics,
+            limits,
+        }
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &LimitSettings {
+        &self.limits
+    }
+
+    /// Validate, store (ack-able only after commit), then publish a message.
+    /// Returns the message and whether it was a retry of an already stored one.
+    pub async fn send(
+        &self,
+        sender: UserId,
+        thread: ThreadId,
+        client_msg_id: &str,
+        body: &str,
+    ) -> Result<(Message, bool)> {
+        if client_msg_id.is_empty() || client_msg_id.chars().count() > self.limits.max_id_chars {
+            return Err(Error::BadRequest(format!(
+                "client_msg_id must be 1 to {} characters",
+                self.limits.max_id_chars
+            )));
+        }
+        self.check_body(body)?;
+        let started = Instant::now();
+        let outcome = self
+            .store
+            .send_message(thread, sender, client_msg_id, body)
+            .await?;
+        self.metrics
+            .store_latency
+            .observe(started.elapsed().as_secs_f64());
+        match outcome {
+            SendOutcome::Stored(msg) => {
+                self.metrics.messages_stored.inc();
+                let frame = ServerFrame::Message(msg.clone()).to_json();
+                self.broker.publish(
+                    self.keys.thread_channel(thread),
+                    Envelope::message(msg.seq, &frame),
+                );
+                Ok((msg, false))
+            }
+            SendOutcome::Duplicate(msg) => Ok((msg, true)),
+            SendOutcome::NotMember => Err(Error::NotMember),
+        }
+    }
+
+    /// Body rules shared by send and edit.
+    pub fn check_body(&self, body: &str) -> Result<()> {
+        if body.trim().is_empty() {
+            return Err(Error::BadRequest("body must not be empty".into()));
+        }
+        let n = body.chars().count();
+        if n > self.limits.max_body_chars {
+            return Err(Error::TooLarge(format!(
+                "body has {n} characters; the limit is {}",
+                self.limits.max_body_chars
+            )));
+        }
+        Ok(())
+    }
+
+    /// Create a direct thread (no name, one other member) or a group thread (a name).
+    /// Returns the thread and whether it was created now.
+    pub async fn create_thread(
+        &self,
+        caller: &UserRef,
+        req: CreateThread,
+    ) -> Result<(Thread, bool)> {
+        let mut others: Vec<UserId> = req
+            .member_ids
+            .iter()
+            .copied()
+            .filter(|u| *u != caller.id)
+            .collect();
+        others.sort();
+        others.dedup();
+        if others.len() + 1 > self.limits.max_members {
+            return Err(Error::TooLarge(format!(
+                "a thread has at most {} members",
+                self.limits.max_members
+            )));
+        }
+        let known = self.store.users_by_ids(&others).await?;
+        if known.len() != others.len() {
+            return Err(Error::NotFound("user"));
+        }
+        let (thread, created) = match req.name.as_deref().map(str::trim) {
+            Some(name) if !name.is_empty() => {
+                if name.chars().count() > 100 {
+                    return Err(Error::TooLarge(
+                        "a thread name has at most 100 characters".into(),
+                    ));
+                }
+                let t = self
+                    .store
+                    .create_group_thread(caller.id, &others, name, req.public)
+                    .await?;
+                (t, true)
+            }
+            Some(_) => return Err(Error::BadRequest("name must not be blank".into())),
+            None => {
+                if req.public {
+                    return Err(Error::BadRequest("only named rooms can be public".into()));
+                }
+                let [other] = others.as_slice() else {
+                    return Err(Error::BadRequest(
+                        "a direct thread needs exactly one other member; give a name for a group"
+                            .into(),
+                    ));
+                };
+                self.store.create_direct_thread(caller.id, *other).await?
+            }
+        };
+        if created {
+            let members: Vec<UserId> = thread.members.iter().map(|m| m.id).collect();
+            self.announce_joined(&thread, &members, 0).await;
+        }
+        Ok((thread, created))
+    }
+
+    /// Add users to a group thread the caller is a member of.
+    pub async fn add_members(
+        &self,
+        caller: UserId,
+        thread: ThreadId,
+        users: &[UserId],
+    ) -> Result<Thread> {
+        self.require_member(thread, caller).await?;
+        let row = self.store.thread_row(thread).await?;
+        if row.kind == "direct" {
+            return Err(Error::BadRequest(
+                "members cannot be added to a direct thread".into(),
+            ));
+        }
+        let current = self.store.member_ids(thread).await?;
+        if current.len() + users.len() > self.limits.max_members {
+            return Err(Error::TooLarge(format!(
+                "a thread has at most {} members",
+                self.limits.max_members
+            )));
+        }
+        let (added, last_seq) =
+            self.store
+                .add_members(thread, users)
+                .await
+                .map_err(|e| match e {
+                    confab_persistence::Error::NotFound => Error::NotFound("user"),
+                    other => other.into(),
+                })?;
+        let view = self.store.thread_view(thread).await?;
+        let ids: Vec<UserId> = added.iter().map(|u| u.id).collect();
+        if !ids.is_empty() {
+            self.announce_joined(&view, &ids, last_seq).await;
+            for user in added {
+                self.publish_event(
+                    thread,
+                    None,
+                    &ServerFrame::MemberJoined {
+                        thread_id: thread,
+                        user,
+                        last_seq,
+                    },
+                );
+            }
+        }
+        Ok(view)
+    }
+
+    /// Join a public room.
+    pub async fn join_public(&self, caller: &UserRef, thread: ThreadId) -> Result<Thread> {
+        let row = self.store.thread_row(thread).await.map_err(|e| match e {
+            confab_persistence::Error::NotFound => Error::NotFound("room"),
+            other => other.into(),
+        })?;
+        if !row.public {
+            // Private rooms are indistinguishable from missing ones to outsiders.
+            return Err(Error::NotFound("room"));
+        }
+        let (added, last_seq) = self.store.add_members(thread, &[caller.id]).await?;
+        let view = self.store.thread_view(thread).await?;
+        if !added.is_empty() {
+            self.announce_joined(&view, &[caller.id], last_seq).await;
+            self.publish_event(
+                thread,
+                None,
+                &ServerFrame::MemberJoined {
+                    thread_id: thread,
+                    user: caller.clone(),
+                    last_seq,
+                },
+            );
+        }
+        Ok(view)
+    }
+
+    /// Leave a group thread.
+    pub async fn leave(&self, caller: UserId, thread: ThreadId) -> Result<()> {
+        self.require_member(thread, caller).await?;
+        let row = self.store.thread_row(thread).await?;
+        if row.kind == "direct" {
+            return Err(Error::BadRequest("a direct thread cannot be left".into()));
+        }
+        self.store.remove_member(thread, caller).await?;
+        if let Err(e) = self.directory.remove_member(thread, caller).await {
+            tracing::warn!(error = %e, "directory update failed");
+            let _ = self.directory.forget_user(caller).await;
+        }
+        let frame = ServerFrame::MemberLeft {
+            thread_id: thread,
+            user_id: caller,
+        };
+        // The leaver's sessions stop receiving the thread (control), the others hear it left.
+        self.publish_control(&ControlEvent::Left {
+            thread,
+            user: caller,
+            frame: frame.to_json(),
+        });
+        self.publish_event(thread, None, &frame);
+        Ok(())
+    }
+
+    /// The threads of a user, from the source of truth. Sessions use this at connect: a stale
+    /// mirror must never let a former member subscribe to a thread.
+    pub async fn user_threads(&self, user: UserId) -> Result<Vec<ThreadId>> {
+        let threads = self.store.user_thread_ids(user).await?;
+        if let Err(e) = self.directory.warm_user(user, &threads).await {
+            tracing::debug!(error = %e, "directory warm failed");
+        }
+        Ok(threads)
+    }
+
+    /// `NotMember` unless `user` is a member of `thread`.
+    pub async fn require_member(&self, thread: ThreadId, user: UserId) -> Result<()> {
+        if self.store.is_member(thread, user).await? {
+            Ok(())
+        } else {
+            Err(Error::NotMember)
+        }
+    }
+
+    async fn announce_joined(&self, thread: &Thread, users: &[UserId], last_seq: i64) {
+        if let Err(e) = self.directory.add_members(thread.id, users).await {
+            tracing::warn!(error = %e, "directory update failed");
+            for u in users {
+                let _ = self.directory.forget_user(*u).await;
+            }
+        }
+        let frame = ServerFrame::ThreadCreated {
+            thread: thread.clone(),
+        };
+        self.publish_control(&ControlEvent::Joined {
+            thread: thread.id,
+            users: users.to_vec(),
+            last_seq,
+            frame: frame.to_json(),
+        });
+    }
+
+    /// Publish a non-message event to a thread's members (optionally not to one user).
+    pub fn publish_event(&self, thread: ThreadId, exclude: Option<UserId>, frame: &ServerFrame) {
+        self.broker.publish(
+            self.keys.thread_channel(thread),
+            Envelope::event(exclude, &frame.to_json()),
+        );
+    }
+
+    /// Publish an event every node hears.
+    pub fn publish_control(&self, ev: &ControlEvent) {
+        match serde_json::to_vec(ev) {
+            Ok(v) => self
+                .broker
+                .publish(self.keys.control_channel(), bytes::Bytes::from(v)),
+            Err(e) => tracing::error!(error = %e, "control event serialization failed"),
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! Typed settings, layered: `config/default.toml` → optional `config/{CONFAB_ENV}.toml` →
+//! environment (`CONFAB__SECTION__KEY`). Settings are passed down, never global, because a test
+//! runs several nodes in one process.
+
+use secrecy::SecretString;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Every setting of a node. See `config/default.toml` for defaults and explanations.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Listening socket and HTTP workers.
+    pub server: ServerSettings,
+    /// This node's identity.
+    pub node: NodeSettings,
+    /// Postgres (cluster) or embedded SQLite (single node).
+    pub database: DatabaseSettings,
+    /// Redis (cluster) or in-process fan-out (single node).
+    pub redis: RedisSettings,
+    /// Deployment shape, checked against the chosen backends.
+    pub cluster: ClusterSettings,
+    /// Tokens and password hashing.
+    pub auth: AuthSettings,
+    /// WebSocket session behaviour.
+    pub session: SessionSettings,
+    /// Rate and size limits.
+    pub limits: LimitSettings,
+    /// Delivery repair.
+    pub delivery: DeliverySettings,
+    /// Presence.
+    pub presence: PresenceSettings,
+    /// Graceful shutdown.
+    pub shutdown: ShutdownSettings,
+    /// Logging.
+    pub log: LogSettings,
+}
+
+/// Where to listen.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Bind address.
+    pub host: String,
+    /// Bind port (0 picks a free one; tests use that).
+    pub port: u16,
+    /// actix worker threads; 0 = one per core.
+    pub workers: usize,
+    /// Listen backlog (pending connections).
+    pub backlog: u32,
+    /// Maximum concurrent connections per worker.
+    pub max_connections_per_worker: usize,
+}
+
+/// Node identity.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSettings {
+    /// Stable name of this node (the pod name in Kubernetes); empty = random at start.
+    pub id: String,
+}
+
+/// Database connection.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// `postgres://…`; empty = embedded SQLite under `data_dir`. A secret: set it from the
+    /// environment (`CONFAB__DATABASE__URL`).
+    pub url: SecretString,
+    /// Folder of the embedded SQLite file when `url` is empty.
+    pub data_dir: PathBuf,
+    /// Pool size.
+    pub max_connections: u32,
+    /// How long a query waits for a pooled connection before failing as `unavailable`.
+    pub acquire_timeout_ms: u64,
+    /// Apply migrations at start-up (off when a Kubernetes Job runs them).
+    pub migrate_on_start: bool,
+}
+
+/// Redis connection.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    /// `redis://…`; empty = in-process broker and directory (single node only). A secret.
+    pub url: SecretString,
+    /// Prefix of every key and channel (tests use one per test).
+    pub key_prefix: String,
+    /// Command pool size (publishes, membership, presence).
+    pub pool_size: usize,
+    /// Reconnect backoff floor.
+    pub reconnect_min_ms: u64,
+    /// Reconnect backoff ceiling.
+    pub reconnect_max_ms: u64,
+    /// Interval of the pub/sub liveness probe.
+    pub probe_interval_ms: u64,
+    /// A probe not seen back within this is a stalled subscription: reconnect.
+    pub probe_timeout_ms: u64,
+}
+
+/// Deployment shape.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// How many gateway replicas the operator runs. More than one requires Redis and Postgres.
+    pub replicas: u32,
+}
+
+/// Authentication.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    /// Token lifetime.
+    pub token_ttl_secs: u64,
+    /// argon2 memory cost in KiB.
+    pub argon2_memory_kib: u32,
+    /// argon2 iterations.
+    pub argon2_iterations: u32,
+}
+
+/// WebSocket sessions.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionSettings {
+    /// Outbound frames queued per session before it counts as a slow consumer (closed 4000).
+    pub outbound_queue: usize,
+    /// Server ping interval.
+    pub heartbeat_interval_ms: u64,
+    /// A client silent for this long is closed (4001).
+    pub heartbeat_timeout_ms: u64,
+    /// Most messages replayed per thread on `resume` before answering `truncated`.
+    pub max_resume_replay: u64,
+    /// Messages fetched per query while replaying or filling a gap.
+    pub replay_batch: u64,
+}
+
+/// Limits (every one a setting).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Largest text frame answered normally; larger ones get `too_large` and the session lives.
+    pub max_frame_bytes: usize,
+    /// Frames above this are a protocol violation: the socket is closed with 1009.
+    pub hard_max_frame_bytes: usize,
+    /// Longest message body, in characters.
+    pub max_body_chars: usize,
+    /// Longest `client_msg_id` and `req`.
+    pub max_id_chars: usize,
+    /// Sustained frames per second per connection.
+    pub frames_per_sec: f64,
+    /// Burst of frames per connection.
+    pub frames_burst: f64,
+    /// Sustained sends per second per user on this node (all their sessions).
+    pub user_sends_per_sec: f64,
+    /// Burst of sends per user on this node.
+    pub user_sends_burst: f64,
+    /// Consecutive rate-limited frames after which the connection is closed (4002).
+    pub rate_limit_strikes: u32,
+    /// Most members of a group thread.
+    pub max_members: usize,
+    /// Most threads resumed in one frame.
+    pub max_resume_threads: usize,
+    /// Minimum interval between relayed typing events per user and thread.
+    pub typing_interval_ms: u64,
+    /// How long a typing indicator lasts without a refresh.
+    pub typing_ttl_ms: u64,
+    /// New WebSocket sessions admitted per second per node (token bucket; 503 beyond).
+    pub connects_per_sec: f64,
+    /// Burst of new sessions per node.
+    pub connects_burst: f64,
+    /// Cap of the "all unread" first page when opening a thread.
+    pub max_unread_page: u64,
+}
+
+/// Delivery repair.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliverySettings {
+    /// Every this often, a node compares its subscribed threads' heads with the database and
+    /// repairs any gap (the safety net behind live gap detection).
+    pub sweep_interval_ms: u64,
+    /// Messages held while a gap is repaired before the node gives up holding and relies on the
+    /// sweep and the sessions' own gap fill.
+    pub max_pending_per_thread: usize,
+}
+
+/// Presence.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PresenceSettings {
+    /// How often a node refreshes its heartbeat key.
+    pub heartbeat_interval_ms: u64,
+    /// Heartbeat key TTL: a node silent this long is dead and its sessions stop counting.
+    pub node_ttl_ms: u64,
+    /// An offline event waits this long for a reconnect before it is sent.
+    pub offline_grace_ms: u64,
+}
+
+/// Graceful shutdown.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownSettings {
+    /// Upper bound on the drain; keep below the pod's termination grace period.
+    pub drain_timeout_secs: u64,
+}
+
+/// Logging.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// A tracing filter (`info`, `confab_gateway=debug,info`, …).
+    pub level: String,
+    /// `plain` or `json`.
+    pub format: String,
+}
+
+/// The default settings file, compiled in so the binary runs from any directory.
+const DEFAULT_TOML: &str = include_str!("../../../config/default.toml");
+
+impl Settings {
+    /// Load: compiled-in defaults, then `{dir}/default.toml` and `{dir}/{CONFAB_ENV}.toml` if
+    /// present (dir = `CONFAB_CONFIG_DIR` or `./config`), then `CONFAB__…` environment variables.
+    pub fn load() -> Result<Self, config::ConfigError> {
+        let dir = std::env::var("CONFAB_CONFIG_DIR").unwrap_or_else(|_| "config".into());
+        Self::load_from(Path::new(&dir), true)
+    }
+
+    /// Load with an explicit config folder; `env` enables environment overrides.
+    pub fn load_from(dir: &Path, env: bool) -> Result<Self, config::ConfigError> {
+        let mut b = config::Config::builder()
+            .add_source(config::File::from_str(
+                DEFAULT_TOML,
+                config::FileFormat::Toml,
+            ))
+            .add_source(config::File::from(dir.join("default.toml")).required(false));
+        if let Ok(profile) = std::env::var("CONFAB_ENV") {
+            b = b.add_source(
+                config::File::from(dir.join(format!("{profile}.toml"))).required(false),
+            );
+        }
+        if env {
+            b = b.add_source(
+                config::Environment::with_prefix("CONFAB")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true),
+            );
+        }
+        b.build()?.try_deserialize()
+    }
+
+    /// The compiled-in defaults only (tests start from these).
+    pub fn defaults() -> Result<Self, config::ConfigError> {
+        config::Config::builder()
+            .add_source(config::File::from_str(
+                DEFAULT_TOML,
+                config::FileFormat::Toml,
+            ))
+            .build()?
+            .try_deserialize()
+    }
+}
+
+/// Milliseconds to a `Duration`.
+pub fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}

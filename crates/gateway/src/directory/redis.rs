@@ -1,0 +1,116 @@
+//! Redis membership mirror: `threads:{user}` and `members:{thread}` sets. A user's set carries
+//! a `-` sentinel once warmed from Postgres, so "no threads" and "unknown" differ; it expires
+//! after an hour so any drift is bounded.
+
+use super::{Directory, DirectoryError};
+use crate::keys::Keys;
+use confab_protocol::{ThreadId, UserId};
+use deadpool_redis::Pool;
+
+const SENTINEL: &str = "-";
+const WARM_TTL_SECS: i64 = 3600;
+
+/// Mirror in Redis.
+pub struct RedisDirectory {
+    pool: Pool,
+    keys: Keys,
+}
+
+impl RedisDirectory {
+    /// A directory over a command pool.
+    pub fn new(pool: Pool, keys: Keys) -> Self {
+        Self { pool, keys }
+    }
+
+    async fn conn(&self) -> Result<deadpool_redis::Connection, DirectoryError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| DirectoryError(e.to_string()))
+    }
+}
+
+fn err(e: redis::RedisError) -> DirectoryError {
+    DirectoryError(e.to_string())
+}
+
+#[async_trait::async_trait]
+impl Directory for RedisDirectory {
+    async fn add_members(&self, thread: ThreadId, users: &[UserId]) -> Result<(), DirectoryError> {
+        if users.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn().await?;
+        let mut pipe = redis::pipe();
+        pipe.sadd(
+            self.keys.thread_members(thread),
+            users.iter().map(|u| u.to_string()).collect::<Vec<_>>(),
+        )
+        .ignore();
+        for u in users {
+            // SADD on a cold (missing) key creates it without the sentinel, which still reads
+            // as cold: correct either way.
+            pipe.sadd(self.keys.user_threads(*u), thread.to_string())
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut *conn).await.map_err(err)
+    }
+
+    async fn remove_member(&self, thread: ThreadId, user: UserId) -> Result<(), DirectoryError> {
+        let mut conn = self.conn().await?;
+        redis::pipe()
+            .srem(self.keys.thread_members(thread), user.to_string())
+            .ignore()
+            .srem(self.keys.user_threads(user), thread.to_string())
+            .ignore()
+            .query_async::<()>(&mut *conn)
+            .await
+            .map_err(err)
+    }
+
+    async fn user_threads(&self, user: UserId) -> Result<Option<Vec<ThreadId>>, DirectoryError> {
+        let mut conn = self.conn().await?;
+        let members: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.keys.user_threads(user))
+            .query_async(&mut *conn)
+            .await
+            .map_err(err)?;
+        if !members.iter().any(|m| m == SENTINEL) {
+            return Ok(None);
+        }
+        Ok(Some(
+            members
+                .iter()
+                .filter(|m| *m != SENTINEL)
+                .filter_map(|m| m.parse().ok())
+                .collect(),
+        ))
+    }
+
+    async fn warm_user(&self, user: UserId, threads: &[ThreadId]) -> Result<(), DirectoryError> {
+        let key = self.keys.user_threads(user);
+        let mut members: Vec<String> = threads.iter().map(|t| t.to_string()).collect();
+        members.push(SENTINEL.into());
+        let mut conn = self.conn().await?;
+        redis::pipe()
+            .atomic()
+            .del(&key)
+            .ignore()
+            .sadd(&key, members)
+            .ignore()
+            .expire(&key, WARM_TTL_SECS)
+            .ignore()
+            .query_async::<()>(&mut *conn)
+            .await
+            .map_err(err)
+    }
+
+    async fn forget_user(&self, user: UserId) -> Result<(), DirectoryError> {
+        let mut conn = self.conn().await?;
+        redis::cmd("DEL")
+            .arg(self.keys.user_threads(user))
+            .query_async::<()>(&mut *conn)
+            .await
+            .map_err(err)
+    }
+}

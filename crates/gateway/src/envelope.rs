@@ -1,0 +1,136 @@
+//! What travels between nodes: thread-channel envelopes and control-channel events.
+//!
+//! A thread-channel payload is a one-line header followed by the exact frame clients receive,
+//! so a receiving node forwards the bytes without re-serializing them:
+//! `m <seq> <published_micros>\n{frame}` for messages, `e <published_micros> <exclude|->\n{frame}`
+//! for other events.
+
+use confab_protocol::{ThreadId, UserId};
+use serde::{Deserialize, Serialize};
+
+/// A parsed thread-channel payload (borrowing the frame bytes).
+#[derive(Debug)]
+pub struct Envelope<'a> {
+    /// The message `seq`, for message frames.
+    pub seq: Option<i64>,
+    /// When the publisher published it (µs since the epoch), for the fan-out latency metric.
+    pub published_micros: Option<i64>,
+    /// A user whose sessions must not get this event.
+    pub exclude: Option<UserId>,
+    /// The frame to forward.
+    pub frame: &'a [u8],
+}
+
+impl<'a> Envelope<'a> {
+    /// Parse a payload; `None` when malformed.
+    pub fn parse(payload: &'a [u8]) -> Option<Self> {
+        let nl = payload.iter().position(|b| *b == b'\n')?;
+        let header = std::str::from_utf8(&payload[..nl]).ok()?;
+        let frame = &payload[nl + 1..];
+        let mut parts = header.split(' ');
+        match parts.next()? {
+            "m" => Some(Self {
+                seq: Some(parts.next()?.parse().ok()?),
+                published_micros: parts.next().and_then(|p| p.parse().ok()),
+                exclude: None,
+                frame,
+            }),
+            "e" => Some(Self {
+                seq: None,
+                published_micros: parts.next().and_then(|p| p.parse().ok()),
+                exclude: parts.next().and_then(|p| p.parse().ok()),
+                frame,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Build a message payload.
+    pub fn message(seq: i64, frame: &str) -> bytes::Bytes {
+        let now = chrono::Utc::now().timestamp_micros();
+        bytes::Bytes::from(format!("m {seq} {now}\n{frame}"))
+    }
+
+    /// Build an event payload.
+    pub fn event(exclude: Option<UserId>, frame: &str) -> bytes::Bytes {
+        let now = chrono::Utc::now().timestamp_micros();
+        let ex = exclude.map_or_else(|| "-".to_owned(), |u| u.to_string());
+        bytes::Bytes::from(format!("e {now} {ex}\n{frame}"))
+    }
+}
+
+/// Events on the control channel, which every node hears. Used for what is addressed to users
+/// rather than to a thread's subscribers.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "k", rename_all = "snake_case")]
+pub enum ControlEvent {
+    /// Users joined a thread: their sessions start receiving it after `last_seq`, and get
+    /// `frame` (a `thread_created`).
+    Joined {
+        /// The thread.
+        thread: ThreadId,
+        /// Who joined.
+        users: Vec<UserId>,
+        /// The thread's head at the join.
+        last_seq: i64,
+        /// Sent to each of their sessions.
+        frame: String,
+    },
+    /// A user left a thread: their sessions stop receiving it and get `frame`.
+    Left {
+        /// The thread.
+        thread: ThreadId,
+        /// Who left.
+        user: UserId,
+        /// Sent to each of their sessions.
+        frame: String,
+    },
+    /// A frame for every session of these users.
+    ToUsers {
+        /// The users.
+        users: Vec<UserId>,
+        /// The frame.
+        frame: String,
+    },
+    /// A frame for every local session in any of these threads, once per session.
+    ToThreads {
+        /// The threads.
+        threads: Vec<ThreadId>,
+        /// A user whose sessions must not get it.
+        exclude: Option<UserId>,
+        /// The frame.
+        frame: String,
+    },
+    /// Close every session opened with this token (logout).
+    Kick {
+        /// First 8 bytes of the token's hash.
+        token_tag: u64,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_envelope_round_trips() {
+        let p = Envelope::message(42, "{\"type\":\"message\"}");
+        let e = Envelope::parse(&p);
+        assert!(matches!(e, Some(Envelope { seq: Some(42), .. })));
+        assert_eq!(
+            e.map(|e| e.frame.to_vec()),
+            Some(b"{\"type\":\"message\"}".to_vec())
+        );
+    }
+
+    #[test]
+    fn event_envelope_carries_exclusion() {
+        let u = UserId::new();
+        let p = Envelope::event(Some(u), "{}");
+        let e = Envelope::parse(&p);
+        assert_eq!(e.as_ref().and_then(|e| e.exclude), Some(u));
+        assert_eq!(e.and_then(|e| e.seq), None);
+        assert!(Envelope::parse(b"garbage").is_none());
+        assert!(Envelope::parse(b"x 1\n{}").is_none());
+    }
+}

@@ -1,0 +1,692 @@
+//! The hub: this node's registry of which local sessions are in which threads, and the fan-out
+//! of everything the broker delivers to them.
+//!
+//! It owns `thread → sessions` and `session → threads` behind one std mutex that is never held
+//! across an `.await`. It never awaits a socket: it `try_send`s a shared, already-serialized
+//! frame into each session's bounded queue, and a full queue closes that session as a slow
+//! consumer (the client resumes from its last `seq`, so nothing is silently lost).
+//!
+//! Per subscribed thread it also tracks the last `seq` handed to sessions, so the node delivers
+//! every thread as a hole-free, ordered stream: a `seq` ahead of the next expected one is held
+//! while the gap is read back from the database; after a pub/sub reconnect, and on a periodic
+//! sweep, heads are compared with the database and gaps repaired.
+
+use crate::broker::{Broker, Inbound};
+use crate::envelope::{ControlEvent, Envelope};
+use crate::keys::Keys;
+use crate::metrics::Metrics;
+use bytestring::ByteString;
+use confab_persistence::Store;
+use confab_protocol::{CloseReason, ServerFrame, SessionId, ThreadId, UserId};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::Duration;
+use tokio::sync::{mpsc, Notify};
+
+/// What the hub hands a session. Frames are shared (`ByteString` clones are reference counts):
+/// a message is serialized once per node, not once per recipient.
+#[derive(Clone, Debug)]
+pub enum Outbound {
+    /// A message of a thread, with its `seq` (sessions drop duplicates and fill holes by it).
+    Seq {
+        /// The thread.
+        thread: ThreadId,
+        /// Its `seq`.
+        seq: i64,
+        /// The serialized `message` frame.
+        frame: ByteString,
+    },
+    /// Any other event of a thread (edits, reactions, typing, receipts).
+    Thread {
+        /// The thread.
+        thread: ThreadId,
+        /// A user whose own sessions should not get it (the typist), if any.
+        exclude: Option<UserId>,
+        /// The serialized frame.
+        frame: ByteString,
+    },
+    /// A frame for this session whatever its threads (thread_created, presence).
+    Direct(ByteString),
+    /// The session's user joined a thread: deliver what comes after `last_seq`.
+    Joined {
+        /// The thread.
+        thread: ThreadId,
+        /// Its head when they joined.
+        last_seq: i64,
+    },
+    /// The session's user left a thread: deliver nothing more of it.
+    Left {
+        /// The thread.
+        thread: ThreadId,
+    },
+}
+
+/// State a session shares with whoever may need to close it.
+#[derive(Debug, Default)]
+pub struct SessionShared {
+    kill: Notify,
+    reason: AtomicU16,
+}
+
+impl SessionShared {
+    /// Ask the session to close with `reason` (the first reason wins).
+    pub fn close(&self, reason: CloseReason) {
+        let _ = self
+            .reason
+            .compare_exchange(0, reason.code(), Ordering::AcqRel, Ordering::Acquire);
+        self.kill.notify_one();
+    }
+
+    /// Resolves when someone asked the session to close.
+    pub async fn closed(&self) -> CloseReason {
+        self.kill.notified().await;
+        self.reason().unwrap_or(CloseReason::InternalError)
+    }
+
+    /// The reason given, if any.
+    pub fn reason(&self) -> Option<CloseReason> {
+        CloseReason::from_code(self.reason.load(Ordering::Acquire))
+    }
+}
+
+/// The hub's handle on one session.
+#[derive(Clone, Debug)]
+pub struct SessionHandle {
+    /// The session.
+    pub id: SessionId,
+    /// Its user.
+    pub user: UserId,
+    /// First 8 bytes of its token's hash (to close it on logout).
+    pub token_tag: u64,
+    tx: mpsc::Sender<Outbound>,
+    shared: Arc<SessionShared>,
+}
+
+impl SessionHandle {
+    /// A handle over a session's queue and shared state.
+    pub fn new(
+        id: SessionId,
+        user: UserId,
+        token_tag: u64,
+        tx: mpsc::Sender<Outbound>,
+        shared: Arc<SessionShared>,
+    ) -> Self {
+        Self {
+            id,
+            user,
+            token_tag,
+            tx,
+            shared,
+        }
+    }
+
+    /// Queue without waiting; a full queue closes the session as a slow consumer.
+    fn push(&self, out: Outbound, metrics: &Metrics) -> bool {
+        match self.tx.try_send(out) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if self.shared.reason().is_none() {
+                    metrics.slow_consumer_disconnects.inc();
+                }
+                self.shared.close(CloseReason::SlowConsumer);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
+struct ThreadSlot {
+    sessions: Vec<SessionHandle>,
+    /// Last `seq` handed to sessions; `None` until the head is known after subscribing.
+    last: Option<i64>,
+    /// Messages that arrived ahead of `last + 1`, waiting for a repair.
+    pending: BTreeMap<i64, ByteString>,
+    repairing: bool,
+}
+
+impl ThreadSlot {
+    fn new() -> Self {
+        Self {
+            sessions: Vec::new(),
+            last: None,
+            pending: BTreeMap::new(),
+            repairing: false,
+        }
+    }
+}
+
+struct SessionSlot {
+    handle: SessionHandle,
+    threads: HashSet<ThreadId>,
+}
+
+#[derive(Default)]
+struct Inner {
+    threads: HashMap<ThreadId, ThreadSlot>,
+    sessions: HashMap<SessionId, SessionSlot>,
+    users: HashMap<UserId, Vec<SessionId>>,
+}
+
+/// A repair to run once the lock is released: read `(after, before)` of `thread`.
+type Repair = (ThreadId, i64, i64);
+
+/// The node-local fan-out registry.
+pub struct Hub {
+    inner: Mutex<Inner>,
+    broker: OnceLock<Arc<dyn Broker>>,
+    store: Store,
+    keys: Keys,
+    metrics: Metrics,
+    max_pending: usize,
+    me: Weak<Hub>,
+}
+
+impl Hub {
+    /// A hub with no broker yet (see [`Hub::set_broker`]).
+    pub fn new(store: Store, keys: Keys, metrics: Metrics, max_pending: usize) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self {
+            inner: Mutex::new(Inner::default()),
+            broker: OnceLock::new(),
+            store,
+            keys,
+            metrics,
+            max_pending,
+            me: me.clone(),
+        })
+    }
+
+    /// Attach the broker (once; it needs the hub as its receiver, hence two steps).
+    pub fn set_broker(&self, broker: Arc<dyn Broker>) {
+        let _ = self.broker.set(broker);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock would be a bug; keep serving rather than cascading.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn broker(&self) -> Option<&Arc<dyn Broker>> {
+        self.broker.get()
+    }
+
+    /// Register a session (before it joins threads).
+    pub fn register(&self, handle: SessionHandle) {
+        let mut g = self.lock();
+        g.users.entry(handle.user).or_default().push(handle.id);
+        g.sessions.insert(
+            handle.id,
+            SessionSlot {
+                handle,
+                threads: HashSet::new(),
+            },
+        );
+    }
+
+    /// Add a session to threads, subscribing the node to the threads that had no local session.
+    /// Returns once the subscription is confirmed (or failed), with every thread's head read
+    /// *after* that point — so a message committed later is guaranteed to arrive live.
+    pub async fn join(
+        &self,
+        session: SessionId,
+        threads: &[ThreadId],
+    ) -> confab_persistence::Result<HashMap<ThreadId, i64>> {
+        let confirm = {
+            let mut g = self.lock();
+            let Some(handle) = g.sessions.get(&session).map(|s| s.handle.clone()) else {
+                return Ok(HashMap::new());
+            };
+            let new = add_to_threads(&mut g, &handle, threads);
+            self.subscribe_locked(new)
+        };
+        if let Some(rx) = confirm {
+            // A failed or slow subscription must not block the session: the broker keeps the
+            // channel wanted and the sweep repairs whatever pub/sub misses meanwhile.
+            let _ = tokio::time::timeout(Duration::from_secs(3), rx).await;
+        }
+        let heads: HashMap<ThreadId, i64> = self
+            .store
+            .thread_heads(threads)
+            .await?
+            .into_iter()
+            .collect();
+        self.init_heads(&heads);
+        Ok(heads)
+    }
+
+    fn subscribe_locked(
+        &self,
+        new: Vec<ThreadId>,
+    ) -> Option<tokio::sync::oneshot::Receiver<Result<(), crate::broker::BrokerError>>> {
+        if new.is_empty() {
+            return None;
+        }
+        let channels = new.iter().map(|t| self.keys.thread_channel(*t)).collect();
+        self.broker().map(|b| b.subscribe(channels))
+    }
+
+    /// Set the delivered head of threads whose head was unknown, and deliver what was held.
+    fn init_heads(&self, heads: &HashMap<ThreadId, i64>) {
+        let mut repairs = Vec::new();
+        {
+            let mut g = self.lock();
+            for (t, head) in heads {
+                if let Some(slot) = g.threads.get_mut(t) {
+                    if slot.last.is_none() {
+                        slot.last = Some(*head);
+                        if let Some(r) = drain(*t, slot, &self.metrics) {
+                            repairs.push(r);
+                        }
+                    }
+                }
+            }
+        }
+        self.spawn_repairs(repairs);
+    }
+
+    /// Remove a session everywhere; unsubscribe threads left without local sessions.
+    pub fn unregister(&self, session: SessionId) {
+        let mut g = self.lock();
+        let Some(slot) = g.sessions.remove(&session) else {
+            return;
+        };
+        if let Some(list) = g.users.get_mut(&slot.handle.user) {
+            list.retain(|s| *s != session);
+            if list.is_empty() {
+                g.users.remove(&slot.handle.user);
+            }
+        }
+        let threads: Vec<ThreadId> = slot.threads.into_iter().collect();
+        let empty = remove_from_threads(&mut g, session, &threads);
+        self.unsubscribe_locked(empty);
+    }
+
+    fn unsubscribe_locked(&self, empty: Vec<ThreadId>) {
+        if empty.is_empty() {
+            return;
+        }
+        if let Some(b) = self.broker() {
+            b.unsubscribe(empty.iter().map(|t| self.keys.thread_channel(*t)).collect());
+        }
+    }
+
+    /// How many sessions of `user` this node holds.
+    pub fn local_session_count(&self, user: UserId) -> usize {
+        self.lock().users.get(&user).map_or(0, Vec::len)
+    }
+
+    /// Sessions open on this node.
+    pub fn session_count(&self) -> usize {
+        self.lock().sessions.len()
+    }
+
+    /// Ask every session to close (drain).
+    pub fn close_all(&self, reason: CloseReason) {
+        let g = self.lock();
+        for s in g.sessions.values() {
+            s.handle.shared.close(reason);
+        }
+    }
+
+    /// Compare every subscribed thread's delivered head with the database and repair gaps.
+    /// Runs periodically and after every pub/sub reconnect.
+    pub async fn sweep(&self) {
+        let ids: Vec<ThreadId> = self.lock().threads.keys().copied().collect();
+        if ids.is_empty() {
+            return;
+        }
+        let heads = match self.store.thread_heads(&ids).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::debug!(error = %e, "sweep skipped: database unavailable");
+                return;
+            }
+        };
+        let mut repairs = Vec::new();
+        {
+            let mut g = self.lock();
+            for (t, head) in heads {
+                let Some(slot) = g.threads.get_mut(&t) else {
+                    continue;
+                };
+                match slot.last {
+                    None => {
+                        slot.last = Some(head);
+                        if let Some(r) = drain(t, slot, &self.metrics) {
+                            repairs.push(r);
+                        }
+                    }
+                    Some(last) if head > last && !slot.repairing => {
+                        slot.repairing = true;
+                        repairs.push((t, last, head + 1));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        self.spawn_repairs(repairs);
+    }
+
+    fn spawn_repairs(&self, repairs: Vec<Repair>) {
+        for (t, after, before) in repairs {
+            if let Some(hub) = self.me.upgrade() {
+                tokio::spawn(async move { hub.repair(t, after, before).await });
+            }
+        }
+    }
+
+    /// Read `(after, before)` of a thread from the database and feed it through the same
+    /// ordering rule as live messages.
+    async fn repair(&self, thread: ThreadId, after: i64, before: i64) {
+        self.metrics.gap_repairs.with_label_values(&["node"]).inc();
+        let fetched = self.store.messages_between(thread, after, before).await;
+        let frames: Vec<(i64, ByteString)> = match fetched {
+            Ok(msgs) => msgs
+                .into_iter()
+                .map(|m| (m.seq, ByteString::from(ServerFrame::Message(m).to_json())))
+                .collect(),
+            Err(e) => {
+                tracing::warn!(%thread, error = %e, "gap repair failed; the sweep will retry");
+                Vec::new()
+            }
+        };
+        let progressed = !frames.is_empty();
+        let next = {
+            let mut g = self.lock();
+            let Some(slot) = g.threads.get_mut(&thread) else {
+                return;
+            };
+            for (seq, frame) in frames {
+                slot.pending.entry(seq).or_insert(frame);
+            }
+            slot.repairing = false;
+            if progressed {
+                drain(thread, slot, &self.metrics)
+            } else {
+                None
+            }
+        };
+        if let Some(r) = next {
+            self.spawn_repairs(vec![r]);
+        }
+    }
+
+    fn on_thread_event(&self, thread: ThreadId, env: Envelope<'_>) {
+        let frame = match ByteString::try_from(bytes::Bytes::copy_from_slice(env.frame)) {
+            Ok(f) => f,
+            Err(_) => return,
+        };
+        if let Some(micros) = env.published_micros {
+            let now = chrono::Utc::now().timestamp_micros();
+            self.metrics
+                .fanout_latency
+                .observe((now - micros).max(0) as f64 / 1e6);
+        }
+        let repair = {
+            let mut g = self.lock();
+            let Some(slot) = g.threads.get_mut(&thread) else {
+                return;
+            };
+            match env.seq {
+                Some(seq) => accept(thread, slot, seq, frame, &self.metrics, self.max_pending),
+                None => {
+                    for s in &slot.sessions {
+                        s.push(
+                            Outbound::Thread {
+                                thread,
+                                exclude: env.exclude,
+                                frame: frame.clone(),
+                            },
+                            &self.metrics,
+                        );
+                    }
+                    None
+                }
+            }
+        };
+        if let Some(r) = repair {
+            self.spawn_repairs(vec![r]);
+        }
+    }
+
+    fn on_control(&self, ev: ControlEvent) {
+        match ev {
+            ControlEvent::Joined {
+                thread,
+                users,
+                last_seq,
+                frame,
+            } => {
+                let frame = ByteString::from(frame);
+                let confirm = {
+                    let mut g = self.lock();
+                    let handles: Vec<SessionHandle> =
+                        users.iter().flat_map(|u| handles_of(&g, *u)).collect();
+                    if handles.is_empty() {
+                        return;
+                    }
+                    let mut new = Vec::new();
+                    for h in &handles {
+                        new.extend(add_to_threads(&mut g, h, &[thread]));
+                        if let Some(slot) = g.threads.get_mut(&thread) {
+                            // A fresh slot starts from the join point, so the sweep delivers
+                            // anything sent between the join and the subscription.
+                            if slot.last.is_none() {
+                                slot.last = Some(last_seq);
+                            }
+                        }
+                        h.push(Outbound::Joined { thread, last_seq }, &self.metrics);
+                        h.push(Outbound::Direct(frame.clone()), &self.metrics);
+                    }
+                    self.subscribe_locked(new)
+                };
+                if let (Some(rx), Some(hub)) = (confirm, self.me.upgrade()) {
+                    tokio::spawn(async move {
+                        let _ = tokio::time::timeout(Duration::from_secs(3), rx).await;
+                        hub.sweep().await;
+                    });
+                }
+            }
+            ControlEvent::Left {
+                thread,
+                user,
+                frame,
+            } => {
+                let frame = ByteString::from(frame);
+                let mut g = self.lock();
+                let handles = handles_of(&g, user);
+                let mut empty = Vec::new();
+                for h in &handles {
+                    h.push(Outbound::Left { thread }, &self.metrics);
+                    h.push(Outbound::Direct(frame.clone()), &self.metrics);
+                    empty.extend(remove_from_threads(&mut g, h.id, &[thread]));
+                    if let Some(s) = g.sessions.get_mut(&h.id) {
+                        s.threads.remove(&thread);
+                    }
+                }
+                self.unsubscribe_locked(empty);
+            }
+            ControlEvent::ToUsers { users, frame } => {
+                let frame = ByteString::from(frame);
+                let g = self.lock();
+                for u in users {
+                    for h in handles_of(&g, u) {
+                        h.push(Outbound::Direct(frame.clone()), &self.metrics);
+                    }
+                }
+            }
+            ControlEvent::ToThreads {
+                threads,
+                exclude,
+                frame,
+            } => {
+                let frame = ByteString::from(frame);
+                let g = self.lock();
+                let mut seen = HashSet::new();
+                for t in threads {
+                    if let Some(slot) = g.threads.get(&t) {
+                        for h in &slot.sessions {
+                            if Some(h.user) != exclude && seen.insert(h.id) {
+                                h.push(Outbound::Direct(frame.clone()), &self.metrics);
+                            }
+                        }
+                    }
+                }
+            }
+            ControlEvent::Kick { token_tag } => {
+                let g = self.lock();
+                for s in g.sessions.values() {
+                    if s.handle.token_tag == token_tag {
+                        s.handle.shared.close(CloseReason::PolicyViolation);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Inbound for Hub {
+    fn on_message(&self, channel: &str, payload: bytes::Bytes) {
+        if channel == self.keys.control_channel() {
+            match serde_json::from_slice::<ControlEvent>(&payload) {
+                Ok(ev) => self.on_control(ev),
+                Err(e) => tracing::warn!(error = %e, "bad control event"),
+            }
+            return;
+        }
+        let Some(id) = channel.strip_prefix(&self.keys.thread_channel_prefix()) else {
+            return;
+        };
+        let Ok(thread) = id.parse::<ThreadId>() else {
+            return;
+        };
+        match Envelope::parse(&payload) {
+            Some(env) => self.on_thread_event(thread, env),
+            None => tracing::warn!(%thread, "bad envelope"),
+        }
+    }
+
+    fn on_resubscribed(&self) {
+        if let Some(hub) = self.me.upgrade() {
+            tokio::spawn(async move { hub.sweep().await });
+        }
+    }
+}
+
+fn handles_of(g: &Inner, user: UserId) -> Vec<SessionHandle> {
+    g.users
+        .get(&user)
+        .map(|ids| {
+            ids.iter()
+                .filter_map(|id| g.sessions.get(id).map(|s| s.handle.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Add a session to threads; returns the threads that just got their first local session.
+fn add_to_threads(g: &mut Inner, handle: &SessionHandle, threads: &[ThreadId]) -> Vec<ThreadId> {
+    let mut new = Vec::new();
+    for t in threads {
+        let slot = g.threads.entry(*t).or_insert_with(|| {
+            new.push(*t);
+            ThreadSlot::new()
+        });
+        if !slot.sessions.iter().any(|s| s.id == handle.id) {
+            slot.sessions.push(handle.clone());
+        }
+        if let Some(s) = g.sessions.get_mut(&handle.id) {
+            s.threads.insert(*t);
+        }
+    }
+    new
+}
+
+/// Remove a session from threads; returns the threads left without local sessions.
+fn remove_from_threads(g: &mut Inner, session: SessionId, threads: &[ThreadId]) -> Vec<ThreadId> {
+    let mut empty = Vec::new();
+    for t in threads {
+        if let Some(slot) = g.threads.get_mut(t) {
+            slot.sessions.retain(|s| s.id != session);
+            if slot.sessions.is_empty() {
+                g.threads.remove(t);
+                empty.push(*t);
+            }
+        }
+    }
+    empty
+}
+
+/// The ordering rule for one arriving message: deliver it if it is the next one, drop it if
+/// already delivered, hold it (and ask for a repair) if it is ahead.
+fn accept(
+    thread: ThreadId,
+    slot: &mut ThreadSlot,
+    seq: i64,
+    frame: ByteString,
+    metrics: &Metrics,
+    max_pending: usize,
+) -> Option<Repair> {
+    match slot.last {
+        Some(last) if seq <= last => None,
+        Some(last) if seq == last + 1 => {
+            fanout(thread, slot, seq, &frame, metrics);
+            slot.last = Some(seq);
+            drain(thread, slot, metrics)
+        }
+        _ => {
+            if slot.pending.len() >= max_pending {
+                // Holding more would grow memory without bound during a long outage; the
+                // sweep and the sessions' own gap fill recover from the database.
+                slot.pending.clear();
+            }
+            slot.pending.insert(seq, frame);
+            match slot.last {
+                Some(last) if !slot.repairing => {
+                    slot.repairing = true;
+                    Some((thread, last, seq))
+                }
+                _ => None,
+            }
+        }
+    }
+}
+
+/// Deliver held messages that are now in order; returns a repair if a hole remains.
+fn drain(thread: ThreadId, slot: &mut ThreadSlot, metrics: &Metrics) -> Option<Repair> {
+    let mut last = slot.last?;
+    while let Some(entry) = slot.pending.first_entry() {
+        let seq = *entry.key();
+        if seq <= last {
+            entry.remove();
+        } else if seq == last + 1 {
+            let frame = entry.remove();
+            fanout(thread, slot, seq, &frame, metrics);
+            last = seq;
+        } else {
+            break;
+        }
+    }
+    slot.last = Some(last);
+    match slot.pending.first_key_value() {
+        Some((&next, _)) if !slot.repairing => {
+            slot.repairing = true;
+            Some((thread, last, next))
+        }
+        _ => None,
+    }
+}
+
+fn fanout(thread: ThreadId, slot: &ThreadSlot, seq: i64, frame: &ByteString, metrics: &Metrics) {
+    for s in &slot.sessions {
+        s.push(
+            Outbound::Seq {
+                thread,
+                seq,
+                frame: frame.clone(),
+            },
+            metrics,
+        );
+    }
+}

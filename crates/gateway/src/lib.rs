@@ -1,0 +1,25 @@
+//! The Confab gateway node: HTTP API, WebSocket sessions, fan-out across nodes through a broker,
+//! presence and metrics.
+//!
+//! Data flows one way: socket → session → chat service → (store, broker) → hub → sessions.
+
+pub mod auth;
+pub mod broker;
+pub mod chat;
+pub mod config;
+pub mod directory;
+pub mod envelope;
+pub mod error;
+pub mod hub;
+pub mod keys;
+pub mod metrics;
+pub mod presence;
+pub mod ratelimit;
+pub mod routes;
+pub mod session;
+pub mod startup;
+pub mod state;
+pub mod telemetry;
+
+pub use config::Settings;
+pub use startup::{Application, StopHandle};

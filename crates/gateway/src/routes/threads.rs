@@ -1,0 +1,89 @@
+//! `/api/v1/threads`: create threads, page history, add and remove members.
+
+use crate::auth::AuthUser;
+use crate::error::{Error, Result};
+use crate::state::AppState;
+use actix_web::{web, HttpResponse};
+use confab_protocol::api::{AddMembers, CreateThread, HistoryPage};
+use confab_protocol::ThreadId;
+use serde::Deserialize;
+
+/// `POST /api/v1/threads` → 201 with the thread (the same one again for an existing direct
+/// pair, with `"created": false`).
+pub async fn create(
+    state: web::Data<AppState>,
+    me: AuthUser,
+    body: web::Json<CreateThread>,
+) -> Result<HttpResponse> {
+    let (thread, created) = state
+        .chat
+        .create_thread(&me.user, body.into_inner())
+        .await?;
+    let mut v = serde_json::to_value(&thread).map_err(|e| Error::Internal(e.to_string()))?;
+    if let Some(o) = v.as_object_mut() {
+        o.insert("created".into(), serde_json::Value::Bool(created));
+    }
+    Ok(HttpResponse::Created().json(v))
+}
+
+/// Query of the history endpoint.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryQuery {
+    /// Return messages with `seq` below this (newest page when absent).
+    before_seq: Option<i64>,
+    /// Page size (1–100, default 20).
+    limit: Option<u64>,
+}
+
+/// `GET /api/v1/threads/{id}/messages?before_seq=&limit=` → a page, ascending; members only.
+pub async fn history(
+    state: web::Data<AppState>,
+    me: AuthUser,
+    path: web::Path<ThreadId>,
+    query: web::Query<HistoryQuery>,
+) -> Result<web::Json<HistoryPage>> {
+    let thread = path.into_inner();
+    let q = query.into_inner();
+    let limit = q.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(Error::BadRequest("limit must be 1 to 100".into()));
+    }
+    if matches!(q.before_seq, Some(b) if b < 1) {
+        return Err(Error::BadRequest("before_seq must be at least 1".into()));
+    }
+    state.chat.require_member(thread, me.user.id).await?;
+    let messages = state
+        .store
+        .history_page(thread, q.before_seq, limit, me.user.id)
+        .await?;
+    let next_before_seq = messages.first().map(|m| m.seq).filter(|s| *s > 1);
+    Ok(web::Json(HistoryPage {
+        messages,
+        next_before_seq,
+    }))
+}
+
+/// `POST /api/v1/threads/{id}/members {user_ids}` → 200 with the thread; members only.
+pub async fn add_members(
+    state: web::Data<AppState>,
+    me: AuthUser,
+    path: web::Path<ThreadId>,
+    body: web::Json<AddMembers>,
+) -> Result<HttpResponse> {
+    let thread = state
+        .chat
+        .add_members(me.user.id, path.into_inner(), &body.user_ids)
+        .await?;
+    Ok(HttpResponse::Ok().json(thread))
+}
+
+/// `DELETE /api/v1/threads/{id}/members/me` → 204: leave a group thread.
+pub async fn leave(
+    state: web::Data<AppState>,
+    me: AuthUser,
+    path: web::Path<ThreadId>,
+) -> Result<HttpResponse> {
+    state.chat.leave(me.user.id, path.into_inner()).await?;
+    Ok(HttpResponse::NoContent().finish())
+}

@@ -1,0 +1,179 @@
+//! Inbound frames: decode, route to the chat service, reply. Every failure becomes an `error`
+//! frame with a code; none ends the session (only transport problems do).
+
+use super::{End, Session};
+use crate::error::Error;
+use confab_protocol::{ClientFrame, ErrorCode, ResumePoint, ResumeResult, ServerFrame};
+
+/// The `req` of a frame that failed to decode, if it has a readable one, so even a refusal can
+/// be matched to its request.
+pub(super) fn peek_req(text: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Peek {
+        req: Option<serde_json::Value>,
+    }
+    match serde_json::from_str::<Peek>(text).ok()?.req? {
+        serde_json::Value::String(s) if s.len() <= 64 => Some(s),
+        _ => None,
+    }
+}
+
+impl Session {
+    pub(super) async fn on_frame(&mut self, text: &str) -> Result<(), End> {
+        let frame: ClientFrame = match serde_json::from_str(text) {
+            Ok(f) => f,
+            Err(e) => {
+                let req = peek_req(text);
+                return self
+                    .error(req, ErrorCode::BadRequest, &format!("invalid frame: {e}"))
+                    .await;
+            }
+        };
+        let kind = frame_kind(&frame);
+        self.state
+            .metrics
+            .frames_received
+            .with_label_values(&[kind])
+            .inc();
+        let req = frame.req().to_owned();
+        if req.chars().count() > self.state.settings.limits.max_id_chars {
+            return self
+                .error(None, ErrorCode::BadRequest, "req is too long")
+                .await;
+        }
+        let result = self.handle(frame).await;
+        match result {
+            Ok(Some(reply)) => self.reply(&reply).await,
+            Ok(None) => Ok(()),
+            Err(HandleError::End(end)) => Err(end),
+            Err(HandleError::Refused(e)) => {
+                self.error(Some(req), e.code(), &e.public_message()).await
+            }
+        }
+    }
+
+    async fn handle(&mut self, frame: ClientFrame) -> Result<Option<ServerFrame>, HandleError> {
+        let me = self.auth.user.id;
+        match frame {
+            ClientFrame::Send {
+                req,
+                thread_id,
+                client_msg_id,
+                body,
+            } => {
+                if !self.state.take_user_send(me) {
+                    return Err(Error::RateLimited("too many messages; slow down".into()).into());
+                }
+                let chat = self.state.chat.clone();
+                // Tracked so a drain waits for the commit and the ack.
+                let token = self.state.tracker.token();
+                let (msg, duplicate) = chat.send(me, thread_id, &client_msg_id, &body).await?;
+                drop(token);
+                Ok(Some(ServerFrame::Ack {
+                    req,
+                    thread_id,
+                    client_msg_id,
+                    id: msg.id,
+                    seq: msg.seq,
+                    created_at: msg.created_at,
+                    duplicate,
+                }))
+            }
+            ClientFrame::Resume { req, threads } => {
+                let results = self.resume(&threads).await?;
+                self.holding = false;
+                Ok(Some(ServerFrame::Resumed {
+                    req,
+                    threads: results,
+                }))
+            }
+            ClientFrame::Ping { req } => Ok(Some(ServerFrame::Pong { req })),
+            other => self.handle_feature(other).await,
+        }
+    }
+
+    /// Replay, per thread, what came after the client's `last_seq`, in order, then move the
+    /// cursor so live delivery continues without duplicates.
+    async fn resume(&mut self, points: &[ResumePoint]) -> Result<Vec<ResumeResult>, HandleError> {
+        let limits = &self.state.settings;
+        if points.len() > limits.limits.max_resume_threads {
+            return Err(Error::TooLarge(format!(
+                "at most {} threads per resume",
+                limits.limits.max_resume_threads
+            ))
+            .into());
+        }
+        let max_replay = limits.session.max_resume_replay as i64;
+        let batch = limits.session.replay_batch.max(1);
+        let mut results = Vec::with_capacity(points.len());
+        for p in points {
+            // Threads the user is not in are skipped: never replay a stranger's thread.
+            let Some(&head) = self.cursors.get(&p.thread_id) else {
+                continue;
+            };
+            let from = p.last_seq.clamp(0, head);
+            let (start, truncated) = if head - from > max_replay {
+                (head - max_replay, true)
+            } else {
+                (from, false)
+            };
+            let mut after = start;
+            let mut replayed = 0u32;
+            while after < head {
+                let msgs = self
+                    .state
+                    .store
+                    .messages_after(p.thread_id, after, batch)
+                    .await
+                    .map_err(Error::from)?;
+                if msgs.is_empty() {
+                    break;
+                }
+                for m in msgs {
+                    if m.seq > head {
+                        break;
+                    }
+                    after = m.seq;
+                    self.reply(&ServerFrame::Message(m))
+                        .await
+                        .map_err(HandleError::End)?;
+                    replayed += 1;
+                }
+            }
+            results.push(ResumeResult {
+                thread_id: p.thread_id,
+                replayed,
+                truncated,
+                from_seq: start + 1,
+                last_seq: head,
+            });
+        }
+        Ok(results)
+    }
+}
+
+/// A handler either refuses the request (error frame) or the session must end.
+pub(super) enum HandleError {
+    Refused(Error),
+    End(End),
+}
+
+impl From<Error> for HandleError {
+    fn from(e: Error) -> Self {
+        HandleError::Refused(e)
+    }
+}
+
+fn frame_kind(f: &ClientFrame) -> &'static str {
+    match f {
+        ClientFrame::Send { .. } => "send",
+        ClientFrame::Resume { .. } => "resume",
+        ClientFrame::MarkRead { .. } => "mark_read",
+        ClientFrame::Typing { .. } => "typing",
+        ClientFrame::Edit { .. } => "edit",
+        ClientFrame::Delete { .. } => "delete",
+        ClientFrame::React { .. } => "react",
+        ClientFrame::Unreact { .. } => "unreact",
+        ClientFrame::Ping { .. } => "ping",
+    }
+}

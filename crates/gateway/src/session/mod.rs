@@ -1,0 +1,369 @@
+//! One WebSocket session: a single `select!` over inbound frames, the outbound queue, the
+//! heartbeat and close requests. The loop returns why it ended; cleanup runs once after it.
+//!
+//! Delivery guarantee per session: for each thread it keeps a cursor (the last `seq` written).
+//! A message at or below the cursor is a duplicate and dropped; one above `cursor + 1` means a
+//! hole, filled from the database before the message is written. So a session writes every
+//! thread in order without holes or duplicates whatever the broker does.
+
+mod dispatch;
+mod features;
+
+use crate::auth::AuthUser;
+use crate::hub::{Outbound, SessionHandle, SessionShared};
+use crate::ratelimit::TokenBucket;
+use crate::state::AppState;
+use actix_ws::{CloseCode, Message as WsMessage, MessageStream, ProtocolError};
+use bytestring::ByteString;
+use confab_protocol::{CloseReason, ServerFrame, SessionId, ThreadId};
+use futures_util::StreamExt;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// Options the client chose at the upgrade.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConnectOptions {
+    /// Hold live delivery until the client's `resume` frame (or a timeout), so replayed
+    /// messages come before live ones.
+    pub hold_for_resume: bool,
+}
+
+/// How long a session holding for `resume` waits before starting live delivery anyway.
+const RESUME_HOLD: Duration = Duration::from_secs(10);
+
+/// A live session's state.
+pub(crate) struct Session {
+    pub(crate) id: SessionId,
+    pub(crate) auth: AuthUser,
+    pub(crate) state: Arc<AppState>,
+    pub(crate) ws: actix_ws::Session,
+    /// Last `seq` written per thread the user is in.
+    pub(crate) cursors: HashMap<ThreadId, i64>,
+    pub(crate) holding: bool,
+    frames: TokenBucket,
+    strikes: u32,
+}
+
+/// Why the loop ended, when the peer is already gone (nothing to send).
+pub(crate) enum End {
+    Close(CloseReason),
+    PeerGone,
+}
+
+/// Run a session to completion. Spawned on the actix worker that accepted the upgrade.
+pub async fn run(
+    state: Arc<AppState>,
+    auth: AuthUser,
+    ws: actix_ws::Session,
+    stream: MessageStream,
+    opts: ConnectOptions,
+) {
+    let id = SessionId::new();
+    let settings = state.settings.clone();
+    let (tx, mut rx) = mpsc::channel(settings.session.outbound_queue.max(1));
+    let shared = Arc::new(SessionShared::default());
+    let tag = token_tag(&auth.token_hash);
+    state.hub.register(SessionHandle::new(
+        id,
+        auth.user.id,
+        tag,
+        tx,
+        shared.clone(),
+    ));
+    state.metrics.connections_open.inc();
+    state.metrics.sessions_opened.inc();
+    let mut session = Session {
+        id,
+        auth,
+        state: state.clone(),
+        ws,
+        cursors: HashMap::new(),
+        holding: opts.hold_for_resume,
+        frames: TokenBucket::new(settings.limits.frames_per_sec, settings.limits.frames_burst),
+        strikes: 0,
+    };
+    let end = match session.start().await {
+        Ok(()) => session.run_loop(&mut rx, stream, &shared).await,
+        Err(reason) => End::Close(reason),
+    };
+    // Cleanup, exactly once.
+    state.hub.unregister(id);
+    let user = session.auth.user.id;
+    if let Err(e) = state.presence.session_closed(user, id).await {
+        tracing::debug!(error = %e, "presence update failed");
+    }
+    state.metrics.connections_open.dec();
+    let code = match &end {
+        End::Close(r) => r.code(),
+        End::PeerGone => 1006,
+    };
+    state
+        .metrics
+        .disconnects
+        .with_label_values(&[&code.to_string()])
+        .inc();
+    if let End::Close(reason) = end {
+        let _ = session
+            .ws
+            .close(Some(actix_ws::CloseReason {
+                code: CloseCode::from(reason.code()),
+                description: Some(reason.description().to_owned()),
+            }))
+            .await;
+    }
+}
+
+fn token_tag(hash: &str) -> u64 {
+    u64::from_str_radix(hash.get(..16).unwrap_or("0"), 16).unwrap_or(0)
+}
+
+impl Session {
+    /// Join the user's threads (subscribed before the heads are read: see `Hub::join`), then
+    /// greet the client.
+    async fn start(&mut self) -> Result<(), CloseReason> {
+        let user = self.auth.user.id;
+        let threads = self.state.chat.user_threads(user).await.map_err(|e| {
+            tracing::warn!(error = %e, "session start failed");
+            CloseReason::TryAgainLater
+        })?;
+        let heads = self.state.hub.join(self.id, &threads).await.map_err(|e| {
+            tracing::warn!(error = %e, "session start failed");
+            CloseReason::TryAgainLater
+        })?;
+        self.cursors = heads;
+        if let Err(e) = self.state.presence.session_opened(user, self.id).await {
+            tracing::debug!(error = %e, "presence update failed");
+        }
+        let s = &self.state.settings;
+        let hello = ServerFrame::Hello {
+            protocol: confab_protocol::PROTOCOL_VERSION,
+            session_id: self.id,
+            user: self.auth.user.clone(),
+            node_id: self.state.node_id.clone(),
+            heartbeat_ms: s.session.heartbeat_interval_ms,
+            max_frame_bytes: s.limits.max_frame_bytes,
+        };
+        self.reply(&hello).await.map_err(|_| CloseReason::Normal)
+    }
+
+    async fn run_loop(
+        &mut self,
+        rx: &mut mpsc::Receiver<Outbound>,
+        mut stream: MessageStream,
+        shared: &SessionShared,
+    ) -> End {
+        let s = self.state.settings.clone();
+        let mut heartbeat = tokio::time::interval(Duration::from_millis(
+            s.session.heartbeat_interval_ms.max(10),
+        ));
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        heartbeat.tick().await;
+        let timeout = Duration::from_millis(s.session.heartbeat_timeout_ms);
+        let mut last_heard = Instant::now();
+        let hold_until = tokio::time::sleep(RESUME_HOLD);
+        tokio::pin!(hold_until);
+        loop {
+            tokio::select! {
+                biased;
+                reason = shared.closed() => return End::Close(reason),
+                msg = stream.next() => {
+                    last_heard = Instant::now();
+                    let result = match msg {
+                        None => return End::PeerGone,
+                        Some(Ok(m)) => self.on_ws_message(m).await,
+                        Some(Err(e)) => Err(protocol_error_reason(&e)),
+                    };
+                    if let Err(end) = result {
+                        return end;
+                    }
+                }
+                out = rx.recv(), if !self.holding => {
+                    let Some(out) = out else { return End::Close(CloseReason::InternalError) };
+                    if let Err(end) = self.deliver(out).await {
+                        return end;
+                    }
+                }
+                _ = &mut hold_until, if self.holding => {
+                    self.holding = false;
+                }
+                _ = heartbeat.tick() => {
+                    if last_heard.elapsed() > timeout {
+                        return End::Close(CloseReason::HeartbeatTimeout);
+                    }
+                    if self.ws.ping(b"").await.is_err() {
+                        return End::PeerGone;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn on_ws_message(&mut self, msg: WsMessage) -> Result<(), End> {
+        match msg {
+            WsMessage::Text(text) => self.on_text(text).await,
+            WsMessage::Binary(_) => {
+                self.error(
+                    None,
+                    confab_protocol::ErrorCode::BadRequest,
+                    "binary frames are not supported; send JSON text frames",
+                )
+                .await
+            }
+            WsMessage::Ping(bytes) => {
+                if !self.frames.try_take() {
+                    // A ping flood costs a write each; beyond the frame budget they are ignored.
+                    return self.strike().await;
+                }
+                self.ws.pong(&bytes).await.map_err(|_| End::PeerGone)
+            }
+            WsMessage::Pong(_) | WsMessage::Nop => Ok(()),
+            WsMessage::Close(_) => Err(End::Close(CloseReason::Normal)),
+            WsMessage::Continuation(_) => {
+                self.error(
+                    None,
+                    confab_protocol::ErrorCode::BadRequest,
+                    "fragmented frames are not supported",
+                )
+                .await
+            }
+        }
+    }
+
+    async fn on_text(&mut self, text: ByteString) -> Result<(), End> {
+        let limits = &self.state.settings.limits;
+        if text.len() > limits.max_frame_bytes {
+            let max = limits.max_frame_bytes;
+            return self
+                .error(
+                    None,
+                    confab_protocol::ErrorCode::TooLarge,
+                    &format!("frame of {} bytes exceeds {max}", text.len()),
+                )
+                .await;
+        }
+        if !self.frames.try_take() {
+            let req = dispatch::peek_req(&text);
+            self.error(
+                req,
+                confab_protocol::ErrorCode::RateLimited,
+                "too many frames; slow down",
+            )
+            .await?;
+            return self.strike().await;
+        }
+        self.strikes = 0;
+        self.on_frame(&text).await
+    }
+
+    async fn strike(&mut self) -> Result<(), End> {
+        self.strikes += 1;
+        if self.strikes >= self.state.settings.limits.rate_limit_strikes {
+            return Err(End::Close(CloseReason::RateLimited));
+        }
+        Ok(())
+    }
+
+    /// Write what the hub handed over, keeping each thread in order without holes.
+    async fn deliver(&mut self, out: Outbound) -> Result<(), End> {
+        match out {
+            Outbound::Seq { thread, seq, frame } => {
+                let Some(&cursor) = self.cursors.get(&thread) else {
+                    return Ok(());
+                };
+                if seq <= cursor {
+                    return Ok(());
+                }
+                if seq > cursor + 1 {
+                    self.fill_gap(thread, cursor, seq).await?;
+                }
+                self.write(frame).await?;
+                self.state.metrics.deliveries.inc();
+                self.cursors.insert(thread, seq);
+                Ok(())
+            }
+            Outbound::Thread {
+                thread,
+                exclude,
+                frame,
+            } => {
+                if self.cursors.contains_key(&thread) && exclude != Some(self.auth.user.id) {
+                    self.write(frame).await?;
+                }
+                Ok(())
+            }
+            Outbound::Direct(frame) => self.write(frame).await,
+            Outbound::Joined { thread, last_seq } => {
+                self.cursors.entry(thread).or_insert(last_seq);
+                Ok(())
+            }
+            Outbound::Left { thread } => {
+                self.cursors.remove(&thread);
+                Ok(())
+            }
+        }
+    }
+
+    /// Write messages `(after, before)` of a thread from the database.
+    async fn fill_gap(&mut self, thread: ThreadId, after: i64, before: i64) -> Result<(), End> {
+        self.state
+            .metrics
+            .gap_repairs
+            .with_label_values(&["session"])
+            .inc();
+        let msgs = self
+            .state
+            .store
+            .messages_between(thread, after, before)
+            .await
+            .map_err(|e| {
+                // Writing past a hole would break the promise; reconnect-and-resume keeps it.
+                tracing::warn!(error = %e, "session gap fill failed; asking client to resume");
+                End::Close(CloseReason::ServiceRestart)
+            })?;
+        for m in msgs {
+            let seq = m.seq;
+            self.write(ByteString::from(ServerFrame::Message(m).to_json()))
+                .await?;
+            self.state.metrics.deliveries.inc();
+            self.cursors.insert(thread, seq);
+        }
+        Ok(())
+    }
+
+    async fn write(&mut self, frame: ByteString) -> Result<(), End> {
+        self.ws.text(frame).await.map_err(|_| End::PeerGone)
+    }
+
+    /// Send a reply or event built here.
+    pub(crate) async fn reply(&mut self, frame: &ServerFrame) -> Result<(), End> {
+        self.write(ByteString::from(frame.to_json())).await
+    }
+
+    /// Send an error frame (the session stays open).
+    pub(crate) async fn error(
+        &mut self,
+        req: Option<String>,
+        code: confab_protocol::ErrorCode,
+        message: &str,
+    ) -> Result<(), End> {
+        self.state
+            .metrics
+            .refused
+            .with_label_values(&[code.as_str()])
+            .inc();
+        self.reply(&ServerFrame::error(req, code, message)).await
+    }
+}
+
+fn protocol_error_reason(e: &ProtocolError) -> End {
+    match e {
+        ProtocolError::Overflow => End::Close(CloseReason::TooBig),
+        ProtocolError::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => {
+            End::Close(CloseReason::UnsupportedData)
+        }
+        ProtocolError::Io(_) => End::PeerGone,
+        _ => End::Close(CloseReason::PolicyViolation),
+    }
+}

@@ -1,0 +1,364 @@
+//! Building and running a node. `main` and the tests build the very same [`Application`].
+
+use crate::broker::{Broker, Inbound, MemoryBroker, RedisBroker, RedisBrokerOptions};
+use crate::chat::Chat;
+use crate::config::{ms, Settings};
+use crate::directory::{Directory, MemoryDirectory, RedisDirectory};
+use crate::error::{Error, Result};
+use crate::hub::Hub;
+use crate::keys::Keys;
+use crate::metrics::Metrics;
+use crate::presence::{MemoryPresence, Presence};
+use crate::ratelimit::TokenBucket;
+use crate::state::AppState;
+use actix_web::dev::{Server, ServerHandle, Service};
+use actix_web::{web, App, HttpServer};
+use confab_persistence::{Store, StoreOptions};
+use confab_protocol::CloseReason;
+use secrecy::ExposeSecret;
+use std::net::TcpListener;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// A built node, listening but not yet serving.
+pub struct Application {
+    port: u16,
+    server: Server,
+    state: Arc<AppState>,
+    stop: CancellationToken,
+    background: CancellationToken,
+}
+
+/// Stops a running [`Application`] gracefully (the same drain as SIGTERM).
+#[derive(Clone)]
+pub struct StopHandle(CancellationToken);
+
+impl StopHandle {
+    /// Begin the drain.
+    pub fn stop(&self) {
+        self.0.cancel();
+    }
+}
+
+fn startup_err(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Unavailable(format!("{what}: {e}"))
+}
+
+/// The SQLite URL for the embedded store under `data_dir`.
+fn embedded_url(settings: &Settings) -> Result<String> {
+    let dir = &settings.database.data_dir;
+    std::fs::create_dir_all(dir).map_err(|e| startup_err("creating data_dir", e))?;
+    Ok(format!(
+        "sqlite://{}?mode=rwc",
+        dir.join("confab.db").display()
+    ))
+}
+
+impl Application {
+    /// Connect to everything, bind the listener, and assemble the node.
+    pub async fn build(settings: Settings) -> Result<Self> {
+        let settings = Arc::new(settings);
+        let db_url = settings.database.url.expose_secret().trim().to_owned();
+        let redis_url = settings.redis.url.expose_secret().trim().to_owned();
+        let clustered = !redis_url.is_empty();
+        if settings.cluster.replicas > 1 && (db_url.is_empty() || redis_url.is_empty()) {
+            return Err(Error::BadRequest(format!(
+                "cluster.replicas = {} needs database.url (Postgres) and redis.url: the embedded \
+                 store and the in-process broker cannot be shared between nodes",
+                settings.cluster.replicas
+            )));
+        }
+        if clustered && db_url.is_empty() {
+            return Err(Error::BadRequest(
+                "redis.url is set but database.url is empty: a cluster needs Postgres".into(),
+            ));
+        }
+        let node_id = if settings.node.id.is_empty() {
+            format!("node-{:08x}", rand::random::<u32>())
+        } else {
+            settings.node.id.clone()
+        };
+        let metrics = Metrics::new(&node_id);
+        let keys = Keys::new(&settings.redis.key_prefix);
+        let url = if db_url.is_empty() {
+            embedded_url(&settings)?
+        } else {
+            db_url
+        };
+        let store = Store::connect(&StoreOptions {
+            url,
+            max_connections: settings.database.max_connections,
+            acquire_timeout: ms(settings.database.acquire_timeout_ms),
+            migrate: settings.database.migrate_on_start,
+        })
+        .await
+        .map_err(|e| startup_err("connecting to the database", e))?;
+
+        let hub = Hub::new(
+            store.clone(),
+            keys.clone(),
+            metrics.clone(),
+            settings.delivery.max_pending_per_thread,
+        );
+        let inbound: Arc<dyn Inbound> = hub.clone();
+        let Backends {
+            broker,
+            directory,
+            presence,
+            redis_pool,
+        } = if clustered {
+            redis_backends(&settings, &redis_url, &node_id, &keys, &metrics, &inbound).await?
+        } else {
+            memory_backends(&inbound)
+        };
+        hub.set_broker(broker.clone());
+        let chat = Chat::new(
+            store.clone(),
+            broker.clone(),
+            directory,
+            keys.clone(),
+            metrics.clone(),
+            Arc::new(settings.limits.clone()),
+        );
+        let state = Arc::new(AppState {
+            settings: settings.clone(),
+            node_id: node_id.clone(),
+            store,
+            hub: hub.clone(),
+            broker,
+            chat,
+            presence,
+            metrics: metrics.clone(),
+            keys,
+            draining: Default::default(),
+            admission: Mutex::new(TokenBucket::new(
+                settings.limits.connects_per_sec,
+                settings.limits.connects_burst,
+            )),
+            user_buckets: Mutex::new(Default::default()),
+            tracker: TaskTracker::new(),
+            redis_pool,
+        });
+
+        let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
+            .map_err(|e| startup_err("binding the listener", e))?;
+        let port = listener
+            .local_addr()
+            .map_err(|e| startup_err("reading the bound address", e))?
+            .port();
+        let data = web::Data::from(state.clone());
+        let workers = if settings.server.workers == 0 {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        } else {
+            settings.server.workers
+        };
+        let server = HttpServer::new(move || {
+            let metrics = data.metrics.clone();
+            App::new()
+                .app_data(data.clone())
+                .app_data(crate::error::json_config())
+                .app_data(crate::error::query_config())
+                .app_data(crate::error::path_config())
+                .wrap_fn(move |req, srv| {
+                    let started = Instant::now();
+                    let method = req.method().to_string();
+                    let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
+                    let metrics = metrics.clone();
+                    let fut = srv.call(req);
+                    async move {
+                        let res = fut.await?;
+                        metrics
+                            .http_requests
+                            .with_label_values(&[&route, &method, res.status().as_str()])
+                            .inc();
+                        metrics
+                            .http_duration
+                            .with_label_values(&[&route])
+                            .observe(started.elapsed().as_secs_f64());
+                        Ok(res)
+                    }
+                })
+                .configure(crate::routes::configure)
+                .default_service(web::to(|| async {
+                    Err::<actix_web::HttpResponse, _>(Error::NotFound("route"))
+                }))
+        })
+        .workers(workers)
+        .backlog(settings.server.backlog)
+        .max_connections(settings.server.max_connections_per_worker)
+        .disable_signals()
+        .shutdown_timeout(settings.shutdown.drain_timeout_secs)
+        .listen(listener)
+        .map_err(|e| startup_err("listening", e))?
+        .run();
+
+        let background = CancellationToken::new();
+        let sweep_every = ms(settings.delivery.sweep_interval_ms.max(100));
+        let sweeper = hub.clone();
+        let bg = background.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(sweep_every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = bg.cancelled() => return,
+                    _ = tick.tick() => sweeper.sweep().await,
+                }
+            }
+        });
+        tracing::info!(node = %node_id, port, clustered, "node built");
+        Ok(Self {
+            port,
+            server,
+            state,
+            stop: CancellationToken::new(),
+            background,
+        })
+    }
+
+    /// The port actually bound.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The shared state (tests inspect it).
+    pub fn state(&self) -> Arc<AppState> {
+        self.state.clone()
+    }
+
+    /// A handle that starts the drain.
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle(self.stop.clone())
+    }
+
+    /// Serve until SIGTERM/SIGINT or the stop handle, then drain: not ready → stop accepting →
+    /// finish in-flight sends → close sessions with 1012 → stop the broker.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let Self {
+            server,
+            state,
+            stop,
+            background,
+            ..
+        } = self;
+        let handle = server.handle();
+        let mut server = tokio::spawn(server);
+        tokio::select! {
+            res = &mut server => {
+                background.cancel();
+                return res.map_err(std::io::Error::other)?;
+            }
+            _ = stop.cancelled() => {}
+            _ = shutdown_signal() => {}
+        }
+        drain(&state, &handle).await;
+        background.cancel();
+        let _ = server.await;
+        Ok(())
+    }
+}
+
+/// The pluggable parts: Redis-backed for a cluster, in-process for a single node.
+struct Backends {
+    broker: Arc<dyn Broker>,
+    directory: Arc<dyn Directory>,
+    presence: Arc<dyn Presence>,
+    redis_pool: Option<deadpool_redis::Pool>,
+}
+
+async fn redis_backends(
+    settings: &Settings,
+    redis_url: &str,
+    node_id: &str,
+    keys: &Keys,
+    metrics: &Metrics,
+    inbound: &Arc<dyn Inbound>,
+) -> Result<Backends> {
+    let mut cfg = deadpool_redis::Config::from_url(redis_url.to_owned());
+    let mut pool_cfg = deadpool_redis::PoolConfig::new(settings.redis.pool_size.max(1));
+    pool_cfg.timeouts.wait = Some(Duration::from_secs(2));
+    pool_cfg.timeouts.create = Some(Duration::from_secs(2));
+    pool_cfg.timeouts.recycle = Some(Duration::from_secs(2));
+    cfg.pool = Some(pool_cfg);
+    let pool = cfg
+        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+        .map_err(|e| startup_err("creating the redis pool", e))?;
+    let broker = RedisBroker::start(
+        RedisBrokerOptions {
+            url: redis_url.to_owned(),
+            control_channel: keys.control_channel(),
+            probe_channel: keys.probe_channel(node_id),
+            reconnect_min: ms(settings.redis.reconnect_min_ms),
+            reconnect_max: ms(settings.redis.reconnect_max_ms),
+            probe_interval: ms(settings.redis.probe_interval_ms),
+            probe_timeout: ms(settings.redis.probe_timeout_ms),
+            publish_queue: 65_536,
+        },
+        pool.clone(),
+        Arc::downgrade(inbound),
+        metrics.clone(),
+    )
+    .await
+    .map_err(|e| startup_err("connecting to redis", e))?;
+    Ok(Backends {
+        broker,
+        directory: Arc::new(RedisDirectory::new(pool.clone(), keys.clone())),
+        presence: Arc::new(MemoryPresence::new()),
+        redis_pool: Some(pool),
+    })
+}
+
+fn memory_backends(inbound: &Arc<dyn Inbound>) -> Backends {
+    let broker = Arc::new(MemoryBroker::new());
+    broker.attach(Arc::downgrade(inbound));
+    Backends {
+        broker,
+        directory: Arc::new(MemoryDirectory::new()),
+        presence: Arc::new(MemoryPresence::new()),
+        redis_pool: None,
+    }
+}
+
+async fn drain(state: &AppState, handle: &ServerHandle) {
+    let deadline = Instant::now() + Duration::from_secs(state.settings.shutdown.drain_timeout_secs);
+    tracing::info!(node = %state.node_id, "draining");
+    state.draining.store(true, Ordering::Release);
+    // Sessions finish the frame they are handling (a send in flight is stored and acked) and
+    // then close with 1012 so clients reconnect elsewhere and resume.
+    state.hub.close_all(CloseReason::ServiceRestart);
+    state.tracker.close();
+    let _ = tokio::time::timeout_at(deadline.into(), state.tracker.wait()).await;
+    while state.hub.session_count() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Give close frames a moment to be written before connections are torn down.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    handle.stop(true).await;
+    state.broker.shutdown();
+    tracing::info!(node = %state.node_id, "drained");
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        match (term, int) {
+            (Ok(mut t), Ok(mut i)) => {
+                tokio::select! {
+                    _ = t.recv() => {}
+                    _ = i.recv() => {}
+                }
+            }
+            _ => std::future::pending::<()>().await,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,78 @@
+//! The one error type of this crate. Database errors are classified here, once, so callers can
+//! map them to wire codes without looking at driver details.
+
+use sea_orm::{DbErr, RuntimeErr, SqlErr};
+
+/// What went wrong with a query.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The addressed row does not exist.
+    #[error("not found")]
+    NotFound,
+    /// A unique constraint was violated (e.g. a taken username).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The database could not be reached (down, restarting, pool exhausted). Nothing was written.
+    #[error("database unavailable: {0}")]
+    Unavailable(DbErr),
+    /// Any other database error: a bug or a schema mismatch.
+    #[error("database error: {0}")]
+    Db(DbErr),
+}
+
+/// This crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<DbErr> for Error {
+    fn from(e: DbErr) -> Self {
+        if let Some(SqlErr::UniqueConstraintViolation(what)) = e.sql_err() {
+            return Error::Conflict(what);
+        }
+        if is_unavailable(&e) {
+            return Error::Unavailable(e);
+        }
+        Error::Db(e)
+    }
+}
+
+fn is_unavailable(e: &DbErr) -> bool {
+    match e {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
+        DbErr::Exec(RuntimeErr::SqlxError(s)) | DbErr::Query(RuntimeErr::SqlxError(s)) => {
+            is_unavailable_sqlx(s)
+        }
+        _ => {
+            // Some driver paths only keep the text; these are the ones a restarting server gives.
+            let text = e.to_string();
+            [
+                "Connection refused",
+                "connection reset",
+                "broken pipe",
+                "terminating connection",
+                "the database system is",
+                "pool timed out",
+                "PoolTimedOut",
+                "Io(",
+                "unexpected end of file",
+                "database is locked",
+            ]
+            .iter()
+            .any(|needle| text.contains(needle))
+        }
+    }
+}
+
+fn is_unavailable_sqlx(e: &sea_orm::sqlx::Error) -> bool {
+    use sea_orm::sqlx::Error as S;
+    match e {
+        S::Io(_) | S::PoolTimedOut | S::PoolClosed | S::WorkerCrashed | S::Tls(_) => true,
+        S::Database(db) => {
+            // Postgres admin shutdown / cannot connect now / crash shutdown (class 57P) and
+            // connection exceptions (class 08).
+            db.code()
+                .map(|c| c.starts_with("57P") || c.starts_with("08"))
+                .unwrap_or(false)
+        }
+        _ => false,
+    }
+}

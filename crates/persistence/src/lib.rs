@@ -1,0 +1,17 @@
+//! Confab's persistence: SeaORM entities and every query the gateway runs.
+//!
+//! The same code runs on Postgres (a cluster) and on an embedded SQLite file (a single node with
+//! nothing installed). It must never know about actix, Redis or WebSockets: it takes ids and
+//! values and returns protocol types or plain rows.
+
+pub mod entity;
+mod error;
+mod messages;
+mod store;
+mod threads;
+mod users;
+
+pub use error::{Error, Result};
+pub use messages::{EditOutcome, SendOutcome};
+pub use store::{Backend, Store, StoreOptions};
+pub use users::UserAuth;

@@ -1,0 +1,118 @@
+//! HTTP API bodies (`/api/v1/...`). Requests refuse unknown fields; responses may grow fields.
+
+use crate::{ErrorCode, Message, ThreadId, ThreadKind, UserId, UserRef};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// `POST /api/v1/users` and `POST /api/v1/sessions`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    /// 3–32 characters: letters, digits, `_`, `-`, `.`.
+    pub username: String,
+    /// 8–256 characters.
+    pub password: String,
+}
+
+/// `POST /api/v1/sessions` → 200.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LoginResponse {
+    /// The bearer token for `Authorization: Bearer …` and `/ws?token=…`.
+    pub token: String,
+    /// Who logged in.
+    pub user: UserRef,
+    /// When the token stops working.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// `POST /api/v1/threads`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateThread {
+    /// The other members (the caller is always added).
+    pub member_ids: Vec<UserId>,
+    /// A name makes it a group thread (room); without one, exactly one other member makes a
+    /// direct thread.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Public rooms are listed by `GET /api/v1/rooms` and can be joined by anyone.
+    #[serde(default)]
+    pub public: bool,
+}
+
+/// `POST /api/v1/threads/{id}/members`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddMembers {
+    /// Users to add.
+    pub user_ids: Vec<UserId>,
+}
+
+/// A page of history, newest last.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HistoryPage {
+    /// Messages in ascending `seq` order.
+    pub messages: Vec<Message>,
+    /// Pass as `before_seq` to get the previous page; `null` when this page reaches `seq` 1.
+    pub next_before_seq: Option<i64>,
+}
+
+/// The last message of a thread, as the thread list shows it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LastMessage {
+    /// Its id.
+    pub id: crate::MessageId,
+    /// Its `seq`.
+    pub seq: i64,
+    /// Who sent it.
+    pub sender_id: UserId,
+    /// Its body, or `[message deleted]`.
+    pub body: String,
+    /// True once deleted.
+    pub deleted: bool,
+    /// When it was sent.
+    pub created_at: DateTime<Utc>,
+}
+
+/// One entry of `GET /api/v1/threads`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ThreadListItem {
+    /// The thread id.
+    pub id: ThreadId,
+    /// The room name (`null` for direct threads).
+    pub name: Option<String>,
+    /// Direct or group.
+    pub kind: ThreadKind,
+    /// Whether the room is public.
+    pub public: bool,
+    /// Every member.
+    pub members: Vec<UserRef>,
+    /// The newest message, if any.
+    pub last_message: Option<LastMessage>,
+    /// The thread's newest `seq`.
+    pub last_seq: i64,
+    /// Messages from others after `last_read_seq` that are not deleted.
+    pub unread_count: i64,
+    /// How far the caller has read.
+    pub last_read_seq: i64,
+    /// The time of the last activity (last message, or creation).
+    pub last_activity_at: DateTime<Utc>,
+}
+
+/// `GET /api/v1/threads` → 200.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ThreadList {
+    /// Most recent activity first.
+    pub threads: Vec<ThreadListItem>,
+    /// Pass as `?cursor=` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// The JSON body of every HTTP error.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The machine-readable code.
+    pub code: ErrorCode,
+    /// A human-readable explanation.
+    pub message: String,
+}

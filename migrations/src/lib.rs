@@ -1,0 +1,16 @@
+//! Confab's schema, as sea-orm-migration steps that run on Postgres and on embedded SQLite alike.
+//! A migration, once released, is never edited: add a new one.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m0001_initial;
+
+/// All migrations in order.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m0001_initial::Migration)]
+    }
+}

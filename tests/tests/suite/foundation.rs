@@ -1,0 +1,466 @@
+//! The real-time core: accounts, threads, send → store → ack → fan-out across nodes, history.
+
+use confab_tests::{both_backends, Backend, Cluster};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+fn is_msg(body: &'static str) -> impl Fn(&Value) -> bool {
+    move |f| f["type"] == "message" && f["body"] == body
+}
+
+both_backends!(
+    message_reaches_members_on_other_nodes_and_not_strangers,
+    |b: Backend| async move {
+        let c = Cluster::start(b, 2).await;
+        let (alice, at) = c.user("alice").await;
+        let (bob, bt) = c.user("bob").await;
+        let (_carol, ct) = c.user("carol").await;
+        let thread = c.http(0).create_thread(&at, &[&bob], None).await;
+
+        let mut a1 = c.ws(0, &at).await;
+        let mut a2 = c.ws(1, &at).await; // alice's second device, on the other node
+        let mut bob_ws = c.ws(1, &bt).await;
+        let mut carol_ws = c.ws(1, &ct).await;
+
+        let ack = a1.send_msg(thread, "m1", "hello bob").await;
+        assert_eq!(ack["type"], "ack", "{ack}");
+        assert_eq!(ack["seq"], 1);
+        assert_eq!(ack["client_msg_id"], "m1");
+
+        let got = bob_ws.recv_until(is_msg("hello bob")).await;
+        assert_eq!(got["seq"], 1);
+        assert_eq!(got["sender_id"], json!(alice.id));
+        assert_eq!(got["thread_id"], json!(thread));
+        assert_eq!(got["id"], ack["id"]);
+        assert_eq!(got["client_msg_id"], "m1");
+        a2.recv_until(is_msg("hello bob")).await;
+        a1.recv_until(is_msg("hello bob")).await;
+        carol_ws
+            .expect_none(|f| f["type"] == "message", Duration::from_millis(800))
+            .await;
+        c.stop().await;
+    }
+);
+
+both_backends!(ack_comes_after_the_row_is_stored, |b: Backend| async move {
+    let c = Cluster::start(b, 2).await;
+    let (_alice, at) = c.user("alice").await;
+    let (bob, bt) = c.user("bob").await;
+    let thread = c.http(0).create_thread(&at, &[&bob], None).await;
+    let mut ws = c.ws(0, &at).await;
+    for i in 1..=5 {
+        let ack = ws
+            .send_msg(thread, &format!("c{i}"), &format!("n{i}"))
+            .await;
+        assert_eq!(ack["seq"], i);
+        // Right after the ack, another node's history already has the row.
+        let (s, page) = c
+            .http(1)
+            .get(&format!("/api/v1/threads/{thread}/messages"), Some(&bt))
+            .await;
+        assert_eq!(s, 200, "{page}");
+        let msgs = page["messages"].as_array().cloned().unwrap_or_default();
+        assert_eq!(msgs.len(), i as usize);
+        assert_eq!(
+            msgs.last().map(|m| m["id"].clone()),
+            Some(ack["id"].clone())
+        );
+        assert_eq!(
+            msgs.last().map(|m| m["created_at"].clone()),
+            Some(ack["created_at"].clone())
+        );
+    }
+    c.stop().await;
+});
+
+both_backends!(
+    history_pages_backwards_by_seq_with_exact_boundaries,
+    |b: Backend| async move {
+        let c = Cluster::start(b, 1).await;
+        let (_alice, at) = c.user("alice").await;
+        let (bob, _bt) = c.user("bob").await;
+        let (_eve, et) = c.user("eve").await;
+        let thread = c.http(0).create_thread(&at, &[&bob], Some("room")).await;
+        let mut ws = c.ws(0, &at).await;
+        for i in 1..=25 {
+            let ack = ws
+                .send_msg(thread, &format!("c{i}"), &format!("m{i}"))
+                .await;
+            assert_eq!(ack["seq"], i);
+        }
+        let h = c.http(0);
+        let seqs = |page: &Value| -> Vec<i64> {
+            page["messages"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|m| m["seq"].as_i64()).collect())
+                .unwrap_or_default()
+        };
+        let (s, p1) = h
+            .get(
+                &format!("/api/v1/threads/{thread}/messages?limit=10"),
+                Some(&at),
+            )
+            .await;
+        assert_eq!(s, 200);
+        assert_eq!(seqs(&p1), (16..=25).collect::<Vec<_>>());
+        assert_eq!(p1["next_before_seq"], 16);
+        let (_, p2) = h
+            .get(
+                &format!("/api/v1/threads/{thread}/messages?limit=10&before_seq=16"),
+                Some(&at),
+            )
+            .await;
+        assert_eq!(seqs(&p2), (6..=15).collect::<Vec<_>>());
+        assert_eq!(p2["next_before_seq"], 6);
+        let (_, p3) = h
+            .get(
+                &format!("/api/v1/threads/{thread}/messages?limit=10&before_seq=6"),
+                Some(&at),
+            )
+            .await;
+        assert_eq!(seqs(&p3), (1..=5).collect::<Vec<_>>());
+        assert_eq!(p3["next_before_seq"], Value::Null);
+        let (_, p4) = h
+            .get(
+                &format!("/api/v1/threads/{thread}/messages?before_seq=1"),
+                Some(&at),
+            )
+            .await;
+        assert_eq!(seqs(&p4), Vec::<i64>::new());
+        // Default page is the newest 20.
+        let (_, d) = h
+            .get(&format!("/api/v1/threads/{thread}/messages"), Some(&at))
+            .await;
+        assert_eq!(seqs(&d), (6..=25).collect::<Vec<_>>());
+        // Bad parameters and strangers are refused with typed errors.
+        let (s, e) = h
+            .get(
+                &format!("/api/v1/threads/{thread}/messages?limit=0"),
+                Some(&at),
+            )
+            .await;
+        assert_eq!((s, e["code"].as_str()), (400, Some("bad_request")));
+        let (s, e) = h
+            .get(
+                &format!("/api/v1/threads/{thread}/messages?limit=abc"),
+                Some(&at),
+            )
+            .await;
+        assert_eq!((s, e["code"].as_str()), (400, Some("bad_request")));
+        let (s, e) = h
+            .get(&format!("/api/v1/threads/{thread}/messages"), Some(&et))
+            .await;
+        assert_eq!((s, e["code"].as_str()), (403, Some("not_member")));
+        let (s, e) = h
+            .get("/api/v1/threads/not-a-uuid/messages", Some(&at))
+            .await;
+        assert_eq!((s, e["code"].as_str()), (400, Some("bad_request")));
+        let (s, e) = h
+            .get(&format!("/api/v1/threads/{thread}/messages"), None)
+            .await;
+        assert_eq!((s, e["code"].as_str()), (401, Some("unauthorized")));
+        c.stop().await;
+    }
+);
+
+both_backends!(
+    accounts_register_login_conflict_and_logout,
+    |b: Backend| async move {
+        let c = Cluster::start(b, 1).await;
+        let h = c.http(0);
+        let name = format!("dave_{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
+        let (s, u) = h
+            .post(
+                "/api/v1/users",
+                None,
+                json!({"username": name, "password": "password123"}),
+            )
+            .await;
+        assert_eq!(s, 201, "{u}");
+        assert_eq!(u["username"], name.as_str());
+        assert!(u["id"]
+            .as_str()
+            .is_some_and(|id| id.parse::<uuid::Uuid>().is_ok()));
+        let (s, e) = h
+            .post(
+                "/api/v1/users",
+                None,
+                json!({"username": name.to_uppercase(), "password": "password123"}),
+            )
+            .await;
+        assert_eq!((s, e["code"].as_str()), (409, Some("conflict")));
+        let (s, e) = h
+            .post(
+                "/api/v1/users",
+                None,
+                json!({"username": "x", "password": "password123"}),
+            )
+            .await;
+        assert_eq!((s, e["code"].as_str()), (400, Some("bad_request")));
+        let (s, e) = h.post_raw("/api/v1/users", None, "{not json").await;
+        assert_eq!((s, e["code"].as_str()), (400, Some("bad_request")));
+        let (s, e) = h
+            .post(
+                "/api/v1/sessions",
+                None,
+                json!({"username": name, "password": "wrong-password"}),
+            )
+            .await;
+        assert_eq!((s, e["code"].as_str()), (401, Some("unauthorized")));
+        let (s, login) = h
+            .post(
+                "/api/v1/sessions",
+                None,
+                json!({"username": name, "password": "password123"}),
+            )
+            .await;
+        assert_eq!(s, 200);
+        assert_eq!(login["user"]["id"], u["id"]);
+        let token = login["token"].as_str().unwrap_or_default().to_owned();
+        let mut ws = c.ws(0, &token).await;
+        assert_eq!(ws.hello["user"]["id"], u["id"]);
+        assert_eq!(ws.hello["protocol"], 1);
+        // Logging out revokes the token everywhere and closes its sockets with 1008.
+        let (s, _) = h.delete("/api/v1/sessions", Some(&token)).await;
+        assert_eq!(s, 204);
+        assert_eq!(ws.expect_close(Duration::from_secs(5)).await, Some(1008));
+        let (s, _) = h.get("/api/v1/users?q=a", Some(&token)).await;
+        assert_eq!(s, 401);
+        c.stop().await;
+    }
+);
+
+both_backends!(
+    websocket_upgrade_is_refused_before_it_happens,
+    |b: Backend| async move {
+        let c = Cluster::start(b, 1).await;
+        let h = c.http(0);
+        let (s, e) = h.get("/ws", None).await;
+        assert_eq!((s, e["code"].as_str()), (401, Some("unauthorized")));
+        let (s, e) = h.get("/ws?token=nope", None).await;
+        assert_eq!((s, e["code"].as_str()), (401, Some("unauthorized")));
+        let (_u, t) = c.user("vers").await;
+        let (s, e) = h.get(&format!("/ws?token={t}&v=99"), None).await;
+        assert_eq!((s, e["code"].as_str()), (400, Some("unsupported_version")));
+        // The real client is refused too (no upgrade happens).
+        let url = format!("{}?token=bad", c.node(0).ws_base());
+        assert!(tokio_tungstenite::connect_async(url).await.is_err());
+        c.stop().await;
+    }
+);
+
+both_backends!(
+    bad_frames_get_typed_errors_and_the_session_survives,
+    |b: Backend| async move {
+        let c = Cluster::start(b, 1).await;
+        let (_alice, at) = c.user("alice").await;
+        let (bob, _bt) = c.user("bob").await;
+        let (carol, ct) = c.user("carol").await;
+        let thread = c.http(0).create_thread(&at, &[&bob], None).await;
+        let other = c.http(0).create_thread(&ct, &[&bob], None).await;
+        let _ = carol;
+        let mut ws = c.ws(0, &at).await;
+
+        let r = ws.send_msg(other, "x1", "intrude").await;
+        assert_eq!(
+            (r["type"].as_str(), r["code"].as_str()),
+            (Some("error"), Some("not_member"))
+        );
+        let unknown = confab_protocol::ThreadId::new();
+        let r = ws.send_msg(unknown, "x2", "nowhere").await;
+        assert_eq!(r["code"], "not_member");
+        let r = ws.send_msg(thread, "x3", &"a".repeat(10_001)).await;
+        assert_eq!(r["code"], "too_large");
+        let ok = ws.send_msg(thread, "x4", &"é".repeat(10_000)).await;
+        assert_eq!(ok["type"], "ack", "10,000 characters are allowed: {ok}");
+        let r = ws.send_msg(thread, "x5", "   ").await;
+        assert_eq!(r["code"], "bad_request");
+
+        ws.send_text("{not json".into()).await;
+        let r = ws.recv_until(|f| f["type"] == "error").await;
+        assert_eq!(r["code"], "bad_request");
+        ws.send_json(json!({"type":"teleport","req":"q1"})).await;
+        let r = ws.recv_until(|f| f["type"] == "error").await;
+        assert_eq!(
+            (r["code"].as_str(), r["req"].as_str()),
+            (Some("bad_request"), Some("q1"))
+        );
+        ws.send_json(
+            json!({"type":"send","req":"q2","thread_id":"zzz","client_msg_id":"a","body":"b"}),
+        )
+        .await;
+        let r = ws.recv_until(|f| f["type"] == "error").await;
+        assert_eq!(
+            (r["code"].as_str(), r["req"].as_str()),
+            (Some("bad_request"), Some("q2"))
+        );
+        ws.send_json(json!({"type":"send","req":"q3","thread_id":thread,"client_msg_id":"a","body":"b","admin":true})).await;
+        let r = ws.recv_until(|f| f["type"] == "error").await;
+        assert_eq!(
+            (r["code"].as_str(), r["req"].as_str()),
+            (Some("bad_request"), Some("q3"))
+        );
+        ws.send_json(json!({"type":"mark_read","req":"q4","thread_id":thread,"seq":1e300}))
+            .await;
+        let r = ws.recv_until(|f| f["type"] == "error").await;
+        assert_eq!(r["code"], "bad_request");
+        ws.send_text(format!(
+            "{{\"type\":\"ping\",\"req\":\"{}\"}}",
+            "p".repeat(70_000)
+        ))
+        .await;
+        let r = ws.recv_until(|f| f["type"] == "error").await;
+        assert_eq!(r["code"], "too_large");
+        ws.send_raw(tokio_tungstenite::tungstenite::Message::Binary(
+            vec![1u8, 2, 3].into(),
+        ))
+        .await;
+        let r = ws.recv_until(|f| f["type"] == "error").await;
+        assert_eq!(r["code"], "bad_request");
+
+        // Still alive and in order.
+        let pong = ws.request(json!({"type":"ping"})).await;
+        assert_eq!(pong["type"], "pong");
+        let ack = ws.send_msg(thread, "x6", "still here").await;
+        assert_eq!(ack["type"], "ack");
+        assert_eq!(ack["seq"], 2);
+        c.stop().await;
+    }
+);
+
+both_backends!(
+    direct_thread_is_unique_per_pair_and_groups_have_members,
+    |b: Backend| async move {
+        let c = Cluster::start(b, 1).await;
+        let (alice, at) = c.user("alice").await;
+        let (bob, bt) = c.user("bob").await;
+        let (carol, _ct) = c.user("carol").await;
+        let h = c.http(0);
+        let (s, t1) = h
+            .post(
+                "/api/v1/threads",
+                Some(&at),
+                json!({"member_ids": [bob.id]}),
+            )
+            .await;
+        assert_eq!(s, 201, "{t1}");
+        assert_eq!(t1["kind"], "direct");
+        assert_eq!(t1["name"], Value::Null);
+        let (s, t2) = h
+            .post(
+                "/api/v1/threads",
+                Some(&bt),
+                json!({"member_ids": [alice.id]}),
+            )
+            .await;
+        assert_eq!(s, 201);
+        assert_eq!(
+            t1["id"], t2["id"],
+            "creating a direct thread twice returns the same thread"
+        );
+        let mut members: Vec<String> = t1["members"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|m| m["username"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        members.sort();
+        let mut expect = vec![alice.username.clone(), bob.username.clone()];
+        expect.sort();
+        assert_eq!(members, expect);
+        let (s, g) = h
+            .post(
+                "/api/v1/threads",
+                Some(&at),
+                json!({"member_ids": [bob.id, carol.id], "name": "trio"}),
+            )
+            .await;
+        assert_eq!(s, 201);
+        assert_eq!(g["kind"], "group");
+        assert_eq!(g["name"], "trio");
+        assert_eq!(g["members"].as_array().map(Vec::len), Some(3));
+        let (s, e) = h
+            .post(
+                "/api/v1/threads",
+                Some(&at),
+                json!({"member_ids": [uuid::Uuid::new_v4()]}),
+            )
+            .await;
+        assert_eq!((s, e["code"].as_str()), (404, Some("not_found")));
+        let (s, e) = h
+            .post("/api/v1/threads", Some(&at), json!({"member_ids": []}))
+            .await;
+        assert_eq!((s, e["code"].as_str()), (400, Some("bad_request")));
+        c.stop().await;
+    }
+);
+
+both_backends!(
+    a_retried_client_msg_id_is_stored_once,
+    |b: Backend| async move {
+        let c = Cluster::start(b, 2).await;
+        let (_alice, at) = c.user("alice").await;
+        let (bob, bt) = c.user("bob").await;
+        let thread = c.http(0).create_thread(&at, &[&bob], None).await;
+        let mut a = c.ws(0, &at).await;
+        let mut b2 = c.ws(1, &bt).await;
+        let first = a.send_msg(thread, "same", "once").await;
+        let again = a.send_msg(thread, "same", "once").await;
+        assert_eq!(again["type"], "ack");
+        assert_eq!(again["id"], first["id"]);
+        assert_eq!(again["seq"], first["seq"]);
+        assert_eq!(again["duplicate"], true);
+        b2.recv_until(is_msg("once")).await;
+        b2.expect_none(is_msg("once"), Duration::from_millis(600))
+            .await;
+        let (_, page) = c
+            .http(0)
+            .get(&format!("/api/v1/threads/{thread}/messages"), Some(&bt))
+            .await;
+        assert_eq!(page["messages"].as_array().map(Vec::len), Some(1));
+        c.stop().await;
+    }
+);
+
+both_backends!(
+    resume_replays_the_gap_in_order_before_live_messages,
+    |b: Backend| async move {
+        let c = Cluster::start(b, 2).await;
+        let (_alice, at) = c.user("alice").await;
+        let (bob, bt) = c.user("bob").await;
+        let thread = c.http(0).create_thread(&at, &[&bob], None).await;
+        let mut a = c.ws(0, &at).await;
+        for i in 1..=3 {
+            a.send_msg(thread, &format!("early{i}"), &format!("early{i}"))
+                .await;
+        }
+        // Bob was offline and holds seq 1; he reconnects holding live delivery for his resume.
+        let url = format!("{}?token={}&resume=1", c.node(1).ws_base(), bt);
+        let mut bob_ws = confab_tests::Ws::connect_url(&url).await;
+        a.send_msg(thread, "live4", "live4").await;
+        let reply = bob_ws
+            .request(json!({"type":"resume","threads":[{"thread_id":thread,"last_seq":1}]}))
+            .await;
+        assert_eq!(reply["type"], "resumed", "{reply}");
+        assert_eq!(reply["threads"][0]["truncated"], false);
+        // Replayed frames precede the reply; gather everything bob gets, in order.
+        let mut seqs = Vec::new();
+        // (the replayed 2 and 3 were already read before `resumed` by `request`; read history order)
+        let r = &reply["threads"][0];
+        assert_eq!(r["from_seq"], 2);
+        let replayed = r["replayed"].as_i64().unwrap_or(-1);
+        assert!(replayed == 2 || replayed == 3, "{reply}");
+        let head = r["last_seq"].as_i64().unwrap_or(0);
+        for s in (head + 1)..=4 {
+            let f = bob_ws.recv_until(|f| f["type"] == "message").await;
+            seqs.push(f["seq"].as_i64().unwrap_or(0));
+            assert_eq!(f["seq"], s);
+        }
+        bob_ws
+            .expect_none(|f| f["type"] == "message", Duration::from_millis(500))
+            .await;
+        c.stop().await;
+    }
+);
