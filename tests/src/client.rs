@@ -223,6 +223,25 @@ impl Ws {
         }
     }
 
+    /// The next text frame (`Ok(Some)`), nothing within `wait` (`Ok(None)`), or the close code
+    /// when the socket closes (`Err(code)`; 1006 when it ends without a close frame).
+    pub async fn next_frame_or_close(&mut self, wait: Duration) -> Result<Option<Value>, u16> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, self.stream.next()).await {
+                Err(_) => return Ok(None),
+                Ok(Some(Ok(WsMsg::Text(t)))) => {
+                    return Ok(Some(serde_json::from_str(&t).unwrap_or(Value::Null)))
+                }
+                Ok(Some(Ok(WsMsg::Close(c)))) => {
+                    return Err(c.map(|c| u16::from(c.code)).unwrap_or(1005))
+                }
+                Ok(Some(Ok(_))) => continue,
+                Ok(Some(Err(_))) | Ok(None) => return Err(1006),
+            }
+        }
+    }
+
     /// Read frames until one matches, within [`WAIT`]; panics otherwise.
     pub async fn recv_until(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
         self.recv_until_within(pred, WAIT).await

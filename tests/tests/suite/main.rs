@@ -1,4 +1,5 @@
 //! The integration suite: one test binary, one module per area. Every test talks to real
 //! Postgres, real Redis and real gateway nodes over real WebSockets.
 
+mod faults;
 mod foundation;

@@ -36,6 +36,9 @@ pub struct RedisBrokerOptions {
     pub publish_queue: usize,
 }
 
+/// Longest wait for a SUBSCRIBE/UNSUBSCRIBE reply before the connection counts as stalled.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+
 enum Command {
     Subscribe(Vec<String>, oneshot::Sender<Result<(), BrokerError>>),
     Unsubscribe(Vec<String>),
@@ -218,10 +221,19 @@ impl Reader {
             all.extend(self.wanted.iter().cloned());
             let mut ok = true;
             for chunk in all.chunks(1000) {
-                if let Err(e) = sink.subscribe(chunk).await {
-                    tracing::warn!(error = %e, "resubscribe failed");
-                    ok = false;
-                    break;
+                // Bounded: a connection that accepts bytes but never answers is a stall too.
+                match tokio::time::timeout(COMMAND_TIMEOUT, sink.subscribe(chunk)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "resubscribe failed");
+                        ok = false;
+                        break;
+                    }
+                    Err(_) => {
+                        tracing::warn!("resubscribe timed out");
+                        ok = false;
+                        break;
+                    }
                 }
             }
             if !ok {
@@ -313,9 +325,13 @@ impl Reader {
                 }
                 n = self.commands.recv_many(&mut batch, 1024) => {
                     if n == 0 { return Ended::Cancelled; }
-                    if let Err(e) = self.apply(sink, &mut batch).await {
-                        tracing::warn!(error = %e, "subscription command failed");
-                        return Ended::Disconnected;
+                    match tokio::time::timeout(COMMAND_TIMEOUT, self.apply(sink, &mut batch)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "subscription command failed");
+                            return Ended::Disconnected;
+                        }
+                        Err(_) => return Ended::Stalled,
                     }
                 }
                 _ = probe.tick() => {

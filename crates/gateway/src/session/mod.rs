@@ -30,6 +30,9 @@ pub struct ConnectOptions {
     pub hold_for_resume: bool,
 }
 
+/// How long the close frame may wait for room in a stalled connection's buffers.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
 /// How long a session holding for `resume` waits before starting live delivery anyway.
 const RESUME_HOLD: Duration = Duration::from_secs(10);
 
@@ -42,6 +45,7 @@ pub(crate) struct Session {
     /// Last `seq` written per thread the user is in.
     pub(crate) cursors: HashMap<ThreadId, i64>,
     pub(crate) holding: bool,
+    shared: Arc<SessionShared>,
     frames: TokenBucket,
     strikes: u32,
 }
@@ -81,11 +85,12 @@ pub async fn run(
         ws,
         cursors: HashMap::new(),
         holding: opts.hold_for_resume,
+        shared: shared.clone(),
         frames: TokenBucket::new(settings.limits.frames_per_sec, settings.limits.frames_burst),
         strikes: 0,
     };
     let end = match session.start().await {
-        Ok(()) => session.run_loop(&mut rx, stream, &shared).await,
+        Ok(()) => session.run_loop(&mut rx, stream).await,
         Err(reason) => End::Close(reason),
     };
     // Cleanup, exactly once.
@@ -105,13 +110,12 @@ pub async fn run(
         .with_label_values(&[&code.to_string()])
         .inc();
     if let End::Close(reason) = end {
-        let _ = session
-            .ws
-            .close(Some(actix_ws::CloseReason {
-                code: CloseCode::from(reason.code()),
-                description: Some(reason.description().to_owned()),
-            }))
-            .await;
+        // Bounded: a client that stopped reading must not pin this task forever.
+        let close = session.ws.close(Some(actix_ws::CloseReason {
+            code: CloseCode::from(reason.code()),
+            description: Some(reason.description().to_owned()),
+        }));
+        let _ = tokio::time::timeout(CLOSE_WAIT, close).await;
     }
 }
 
@@ -152,8 +156,8 @@ impl Session {
         &mut self,
         rx: &mut mpsc::Receiver<Outbound>,
         mut stream: MessageStream,
-        shared: &SessionShared,
     ) -> End {
+        let shared = self.shared.clone();
         let s = self.state.settings.clone();
         let mut heartbeat = tokio::time::interval(Duration::from_millis(
             s.session.heartbeat_interval_ms.max(10),
@@ -332,8 +336,16 @@ impl Session {
         Ok(())
     }
 
+    /// Write one frame. The write waits when the client does not read; it races the close
+    /// request so a slow consumer (closed by the hub when its queue overflows) or a drain is
+    /// never stuck behind a full socket.
     async fn write(&mut self, frame: ByteString) -> Result<(), End> {
-        self.ws.text(frame).await.map_err(|_| End::PeerGone)
+        let shared = self.shared.clone();
+        tokio::select! {
+            biased;
+            r = self.ws.text(frame) => r.map_err(|_| End::PeerGone),
+            reason = shared.closed() => Err(End::Close(reason)),
+        }
     }
 
     /// Send a reply or event built here.
