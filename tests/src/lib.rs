@@ -10,6 +10,7 @@
 
 pub mod client;
 pub mod process;
+pub mod proxy;
 
 pub use client::{Http, Ws};
 
@@ -205,6 +206,15 @@ impl Cluster {
 
     /// Like [`Cluster::start`], adjusting each node's settings.
     pub async fn start_with(backend: Backend, n: usize, tweak: impl Fn(&mut Settings)) -> Cluster {
+        Self::start_each(backend, n, |_, s| tweak(s)).await
+    }
+
+    /// Like [`Cluster::start_with`], with the node index (e.g. to point one node elsewhere).
+    pub async fn start_each(
+        backend: Backend,
+        n: usize,
+        tweak: impl Fn(usize, &mut Settings),
+    ) -> Cluster {
         match backend {
             Backend::Cluster => {
                 let db = create_database(&pg_admin_url()).await;
@@ -215,7 +225,7 @@ impl Cluster {
                     let mut s = test_settings(Some(&db), Some((&redis, &prefix)), None);
                     s.node.id = format!("{prefix}-n{i}");
                     s.cluster.replicas = n as u32;
-                    tweak(&mut s);
+                    tweak(i, &mut s);
                     nodes.push(Node::start(s).await);
                 }
                 Cluster {
@@ -229,7 +239,7 @@ impl Cluster {
             Backend::Embedded => {
                 let dir = tempdir::Dir::new();
                 let mut s = test_settings(None, None, Some(&dir.0));
-                tweak(&mut s);
+                tweak(0, &mut s);
                 let node = Node::start(s).await;
                 Cluster {
                     backend,

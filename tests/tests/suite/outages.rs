@@ -1,0 +1,114 @@
+//! Dependency outages: Redis down or silently stalled. Private Redis instances only — the shared
+//! servers are never touched.
+
+use confab_tests::process::PrivateRedis;
+use confab_tests::proxy::Proxy;
+use confab_tests::{Backend, Cluster};
+use secrecy::SecretString;
+use std::time::Duration;
+
+async fn wait_ready(c: &Cluster, i: usize, want: u16, within: Duration) {
+    let h = c.http(i);
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let (s, body) = h.get("/readyz", None).await;
+        if s == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "readyz stayed {s} ({body}), wanted {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_acked_while_redis_is_down_reach_members_when_it_is_back() {
+    let mut redis = PrivateRedis::start().await;
+    let url = redis.url();
+    let c = Cluster::start_with(Backend::Cluster, 2, |s| {
+        s.redis.url = SecretString::from(url.clone());
+        s.redis.reconnect_max_ms = 300;
+    })
+    .await;
+    let (_alice, at) = c.user("alice").await;
+    let (bob, bt) = c.user("bob").await;
+    let thread = c.http(0).create_thread(&at, &[&bob], None).await;
+    let mut a = c.ws(0, &at).await;
+    let mut b = c.ws(1, &bt).await;
+    a.send_msg(thread, "r1", "before").await;
+    b.recv_until(|f| f["body"] == "before").await;
+    wait_ready(&c, 1, 200, Duration::from_secs(5)).await;
+
+    redis.stop();
+    wait_ready(&c, 1, 503, Duration::from_secs(10)).await;
+    // Postgres is fine: sends are stored and acknowledged during the outage.
+    for i in 0..3 {
+        let ack = a
+            .send_msg(thread, &format!("d{i}"), &format!("during{i}"))
+            .await;
+        assert_eq!(ack["type"], "ack", "{ack}");
+    }
+    redis.restart().await;
+    wait_ready(&c, 1, 200, Duration::from_secs(15)).await;
+    // The same WebSocket (it was never dropped) gets them, in order, exactly once.
+    for i in 0..3 {
+        let f = b.recv_until(|f| f["type"] == "message").await;
+        assert_eq!(f["body"], format!("during{i}"));
+        assert_eq!(f["seq"], 2 + i);
+    }
+    // And live delivery works again.
+    a.send_msg(thread, "r2", "after").await;
+    let f = b.recv_until(|f| f["type"] == "message").await;
+    assert_eq!(
+        (f["body"].as_str(), f["seq"].as_i64()),
+        (Some("after"), Some(5))
+    );
+    assert!(c.node(1).state.metrics.pubsub_reconnects.get() >= 1);
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silently_stalled_subscription_is_detected_and_repaired() {
+    let redis = PrivateRedis::start().await;
+    let proxy = Proxy::start(redis.port).await;
+    let direct = redis.url();
+    let proxied = proxy.redis_url();
+    let c = Cluster::start_each(Backend::Cluster, 2, |i, s| {
+        s.redis.url = SecretString::from(if i == 1 {
+            proxied.clone()
+        } else {
+            direct.clone()
+        });
+        s.redis.probe_interval_ms = 200;
+        s.redis.probe_timeout_ms = 1000;
+        s.redis.reconnect_max_ms = 300;
+    })
+    .await;
+    let (_alice, at) = c.user("alice").await;
+    let (bob, bt) = c.user("bob").await;
+    let thread = c.http(0).create_thread(&at, &[&bob], None).await;
+    let mut a = c.ws(0, &at).await;
+    let mut b = c.ws(1, &bt).await;
+    a.send_msg(thread, "s1", "before").await;
+    b.recv_until(|f| f["body"] == "before").await;
+
+    // The connection stays open but nothing comes back.
+    proxy.freeze();
+    a.send_msg(thread, "s2", "during the stall").await;
+    wait_ready(&c, 1, 503, Duration::from_secs(10)).await;
+    let stalls = c.node(1).state.metrics.pubsub_stalls.get();
+    assert!(stalls >= 1, "stall not detected");
+    proxy.thaw();
+    wait_ready(&c, 1, 200, Duration::from_secs(20)).await;
+    let f = b.recv_until(|f| f["type"] == "message").await;
+    assert_eq!(
+        (f["body"].as_str(), f["seq"].as_i64()),
+        (Some("during the stall"), Some(2))
+    );
+    a.send_msg(thread, "s3", "after").await;
+    let f = b.recv_until(|f| f["type"] == "message").await;
+    assert_eq!(f["seq"], 3);
+    c.stop().await;
+}
