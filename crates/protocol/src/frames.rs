@@ -553,3 +553,63 @@ mod tests {
         assert_eq!(v["body"], "hi");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn id() -> impl Strategy<Value = uuid::Uuid> {
+        any::<u128>().prop_map(uuid::Uuid::from_u128)
+    }
+
+    fn client_frame() -> impl Strategy<Value = ClientFrame> {
+        prop_oneof![
+            (".{0,20}", id(), ".{0,20}", ".{0,200}").prop_map(|(req, t, c, body)| {
+                ClientFrame::Send {
+                    req,
+                    thread_id: ThreadId(t),
+                    client_msg_id: c,
+                    body,
+                }
+            }),
+            (".{0,20}", id(), any::<i64>()).prop_map(|(req, t, seq)| ClientFrame::MarkRead {
+                req,
+                thread_id: ThreadId(t),
+                seq
+            }),
+            (".{0,20}", prop::collection::vec((id(), any::<i64>()), 0..4)).prop_map(|(req, v)| {
+                ClientFrame::Resume {
+                    req,
+                    threads: v
+                        .into_iter()
+                        .map(|(t, s)| ResumePoint {
+                            thread_id: ThreadId(t),
+                            last_seq: s,
+                        })
+                        .collect(),
+                }
+            }),
+            (".{0,20}", id(), ".{0,8}").prop_map(|(req, m, emoji)| ClientFrame::React {
+                req,
+                message_id: MessageId(m),
+                emoji
+            }),
+            ".{0,20}".prop_map(|req| ClientFrame::Ping { req }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn any_text_decodes_or_errors_without_panicking(s in ".{0,300}") {
+            let _ = serde_json::from_str::<ClientFrame>(&s);
+        }
+
+        #[test]
+        fn client_frames_round_trip(f in client_frame()) {
+            let text = serde_json::to_string(&f).unwrap_or_default();
+            let back: Result<ClientFrame, _> = serde_json::from_str(&text);
+            prop_assert_eq!(back.ok(), Some(f));
+        }
+    }
+}
