@@ -8,6 +8,7 @@
 //! real nodes as asked) and [`Backend::Embedded`] (SQLite + in-process broker: one node, which
 //! then stands in for every node index a test uses).
 
+pub mod chaos;
 pub mod client;
 pub mod process;
 pub mod proxy;

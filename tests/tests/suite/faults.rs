@@ -277,9 +277,9 @@ both_backends!(
     }
 );
 
-/// A message stored but never published (a lost publish) is still delivered: the next message
-/// reveals the gap and the node fills it from the database; without a next message the
-/// periodic sweep does.
+// A message stored but never published (a lost publish) is still delivered: the next message
+// reveals the gap and the node fills it from the database; without a next message the
+// periodic sweep does.
 both_backends!(
     a_lost_publish_is_repaired_by_the_node,
     |b: Backend| async move {
