@@ -2,13 +2,13 @@
 //! replay ranges, edits and deletes.
 
 use crate::entity::{message, reaction, thread, thread_member};
-use crate::{Error, Result, Store};
+use crate::{Backend, Error, Result, Store};
 use chrono::{SubsecRound, Utc};
 use confab_protocol::{Message, MessageId, ReactionCount, ThreadId, UserId, DELETED_BODY};
 use sea_orm::sea_query::{Expr, Query};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, Statement, TransactionTrait,
 };
 use std::collections::BTreeMap;
 
@@ -32,6 +32,8 @@ pub enum EditOutcome {
     NotFound,
     /// The caller is a member but not the sender.
     Forbidden,
+    /// The message is deleted: it cannot be edited, and deleting it again changes nothing.
+    Deleted,
 }
 
 pub(crate) fn to_message(m: message::Model) -> Message {
@@ -66,15 +68,23 @@ impl Store {
         client_msg_id: &str,
         body: &str,
     ) -> Result<SendOutcome> {
-        if let Some(orig) = self.find_by_client_id(sender, client_msg_id).await? {
-            return Ok(SendOutcome::Duplicate(orig));
-        }
-        match self
-            .send_message_txn(thread_id, sender, client_msg_id, body)
-            .await
-        {
+        let attempt = match self.backend() {
+            // One statement, one round trip, committed on its own: the hot path of a cluster.
+            Backend::Postgres => {
+                self.send_message_pg(thread_id, sender, client_msg_id, body)
+                    .await
+            }
+            Backend::Sqlite => {
+                if let Some(orig) = self.find_by_client_id(sender, client_msg_id).await? {
+                    return Ok(SendOutcome::Duplicate(orig));
+                }
+                self.send_message_txn(thread_id, sender, client_msg_id, body)
+                    .await
+            }
+        };
+        match attempt {
             Err(Error::Conflict(_)) => {
-                // A concurrent retry of the same client_msg_id committed first.
+                // A retry: this client_msg_id was stored before (or by a concurrent retry).
                 match self.find_by_client_id(sender, client_msg_id).await? {
                     Some(orig) => Ok(SendOutcome::Duplicate(orig)),
                     None => Err(Error::Conflict("message".into())),
@@ -82,6 +92,66 @@ impl Store {
             }
             other => other,
         }
+    }
+
+    /// The send transaction as one Postgres statement: data-modifying CTEs check membership,
+    /// bump the thread's counter (taking its row lock, which orders concurrent senders), insert
+    /// the message and advance the sender's read state; the statement commits as a whole, and a
+    /// unique violation on `(sender, client_msg_id)` rolls the counter back with it.
+    /// No row back means the sender is not a member.
+    async fn send_message_pg(
+        &self,
+        thread_id: ThreadId,
+        sender: UserId,
+        client_msg_id: &str,
+        body: &str,
+    ) -> Result<SendOutcome> {
+        const SQL: &str = "WITH member AS (
+                SELECT 1 FROM thread_members WHERE thread_id = $1 AND user_id = $2
+            ), bump AS (
+                UPDATE threads SET last_seq = last_seq + 1, last_activity_at = $3
+                WHERE id = $1 AND EXISTS (SELECT 1 FROM member)
+                RETURNING last_seq
+            ), ins AS (
+                INSERT INTO messages (id, thread_id, seq, sender_id, client_msg_id, body, created_at)
+                SELECT $4, $1, bump.last_seq, $2, $5, $6, $3 FROM bump
+                RETURNING seq
+            ), mark AS (
+                UPDATE thread_members SET last_read_seq = ins.seq FROM ins
+                WHERE thread_members.thread_id = $1 AND thread_members.user_id = $2
+                  AND thread_members.last_read_seq < ins.seq
+            )
+            SELECT seq FROM ins";
+        let now = Utc::now().trunc_subsecs(6);
+        let id = MessageId::new();
+        let stmt = Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            SQL,
+            [
+                thread_id.0.into(),
+                sender.0.into(),
+                now.into(),
+                id.0.into(),
+                client_msg_id.into(),
+                body.into(),
+            ],
+        );
+        let Some(row) = self.db.query_one(stmt).await? else {
+            return Ok(SendOutcome::NotMember);
+        };
+        let seq: i64 = row.try_get("", "seq")?;
+        Ok(SendOutcome::Stored(Message {
+            thread_id,
+            id,
+            seq,
+            sender_id: sender,
+            client_msg_id: client_msg_id.to_owned(),
+            body: body.to_owned(),
+            created_at: now,
+            deleted: false,
+            edited_at: None,
+            reactions: Vec::new(),
+        }))
     }
 
     async fn send_message_txn(
