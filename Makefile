@@ -25,7 +25,7 @@ run: build
 
 ## Every test: unit, integration (both backends, multi-node), chaos (short), deploy checks.
 test: clean-test-dbs
-	@$(ENSURE) && $(CARGO) build -p confab-gateway --bin confab && \
+	@$(ENSURE) && bash scripts/ensure-tools.sh && $(CARGO) build -p confab-gateway --bin confab && \
 	  $(CARGO) test --workspace --no-fail-fast 2>&1 | tee .confab/test.log; \
 	  status=$${PIPESTATUS[0]}; \
 	  bash scripts/check-deploy.sh || status=1; \
@@ -47,3 +47,8 @@ clippy:
 
 check-deploy:
 	bash scripts/check-deploy.sh
+
+## N release nodes (default 3) on Postgres + Redis behind HAProxy on 127.0.0.1:8090 (LB_PORT=...);
+## Ctrl-C stops all. `bash scripts/cluster.sh --background` / `stop` run it detached.
+cluster: build
+	@bash scripts/cluster.sh

@@ -176,3 +176,172 @@ impl Drop for PrivateRedis {
         self.stop();
     }
 }
+
+/// A private Postgres server (its own data folder, trust auth, a free port on 127.0.0.1), for
+/// outage tests: [`PrivatePostgres::stop`] is an immediate shutdown, like a crash.
+///
+/// Postgres refuses to run as root, so when the tests run as root the server's commands run as
+/// the `postgres` system user (created by the Debian package) and the folder is handed to it.
+pub struct PrivatePostgres {
+    /// Its port.
+    pub port: u16,
+    dir: PathBuf,
+    bin: PathBuf,
+    running: bool,
+}
+
+impl PrivatePostgres {
+    /// `initdb` a fresh cluster in a temp folder and start it.
+    pub async fn start() -> PrivatePostgres {
+        let bin = postgres_bin_dir();
+        let dir = std::env::temp_dir().join(format!("confab-pg-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("pg dir: {e}"));
+        let mut pg = PrivatePostgres {
+            port: free_port(),
+            dir,
+            bin,
+            running: false,
+        };
+        if running_as_root() {
+            let mut chown = Command::new("chown");
+            chown.arg("postgres:postgres").arg(&pg.dir);
+            pg.run_checked(chown, "chown").await;
+        }
+        let initdb = pg.bin.join("initdb");
+        let data = pg.data();
+        let mut cmd = pg.as_server_user(&initdb);
+        cmd.args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
+            .arg(&data);
+        pg.run_checked(cmd, "initdb").await;
+        pg.restart().await;
+        pg
+    }
+
+    /// Admin URL (database `postgres`).
+    pub fn admin_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Stop it at once (`pg_ctl stop -m immediate`: no goodbye to clients, crash recovery on
+    /// the next start).
+    pub async fn stop(&mut self) {
+        if !self.running {
+            return;
+        }
+        let pg_ctl = self.bin.join("pg_ctl");
+        let data = self.data();
+        let mut cmd = self.as_server_user(&pg_ctl);
+        cmd.args(["stop", "-m", "immediate", "-w", "-D"]).arg(&data);
+        self.run_checked(cmd, "pg_ctl stop").await;
+        self.running = false;
+    }
+
+    /// Start it (again) on the same port with the same data; returns when it accepts
+    /// connections.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let pg_ctl = self.bin.join("pg_ctl");
+        let data = self.data();
+        let log = self.dir.join("server.log");
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=50",
+            self.port,
+            self.dir.display()
+        );
+        let mut cmd = self.as_server_user(&pg_ctl);
+        cmd.args(["start", "-w", "-t", "60", "-D"])
+            .arg(&data)
+            .arg("-l")
+            .arg(&log)
+            .arg("-o")
+            .arg(opts);
+        self.run_checked(cmd, "pg_ctl start").await;
+        self.running = true;
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("private postgres did not listen on {}", self.port);
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    fn as_server_user(&self, program: &std::path::Path) -> Command {
+        let mut cmd = if running_as_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(program);
+            c
+        } else {
+            Command::new(program)
+        };
+        // The server user may not be allowed into the test's working directory.
+        cmd.current_dir(&self.dir);
+        cmd
+    }
+
+    async fn run_checked(&self, cmd: Command, what: &str) {
+        let mut cmd = tokio::process::Command::from(cmd);
+        cmd.stdin(Stdio::null());
+        let out = tokio::time::timeout(Duration::from_secs(90), cmd.output())
+            .await
+            .unwrap_or_else(|_| panic!("{what} timed out"))
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        if !out.status.success() {
+            let log = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
+            panic!(
+                "{what} failed ({}): {}{}\nserver.log:\n{log}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        if self.running {
+            let mut cmd = self.as_server_user(&self.bin.join("pg_ctl"));
+            let _ = cmd
+                .args(["stop", "-m", "immediate", "-w", "-D"])
+                .arg(self.data())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The newest `/usr/lib/postgresql/<version>/bin` with `initdb` (or `CONFAB_PG_BIN`).
+pub fn postgres_bin_dir() -> PathBuf {
+    if let Ok(p) = std::env::var("CONFAB_PG_BIN") {
+        return PathBuf::from(p);
+    }
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let version = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").exists().then_some((version, bin))
+        })
+        .collect();
+    found.sort();
+    found.pop().map(|(_, b)| b).unwrap_or_else(|| {
+        panic!("no Postgres server binaries under /usr/lib/postgresql (scripts/ensure-services.sh installs them)")
+    })
+}
+
+/// Whether this process runs as root (uid 0).
+pub fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
+}

@@ -227,6 +227,24 @@ impl Settings {
 
     /// Load with an explicit config folder; `env` enables environment overrides.
     pub fn load_from(dir: &Path, env: bool) -> Result<Self, config::ConfigError> {
+        Self::load_layers(dir, env, None)
+    }
+
+    /// Like [`Settings::load_from`] with environment overrides, but read from `vars` (named as
+    /// in the environment, `CONFAB__SECTION__KEY`) instead of the process environment, which
+    /// tests running in parallel share.
+    pub fn load_from_vars(
+        dir: &Path,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, config::ConfigError> {
+        Self::load_layers(dir, true, Some(vars.into_iter().collect()))
+    }
+
+    fn load_layers(
+        dir: &Path,
+        env: bool,
+        vars: Option<config::Map<String, String>>,
+    ) -> Result<Self, config::ConfigError> {
         let mut b = config::Config::builder()
             .add_source(config::File::from_str(
                 DEFAULT_TOML,
@@ -243,7 +261,8 @@ impl Settings {
                 config::Environment::with_prefix("CONFAB")
                     .prefix_separator("__")
                     .separator("__")
-                    .try_parsing(true),
+                    .try_parsing(true)
+                    .source(vars),
             );
         }
         b.build()?.try_deserialize()

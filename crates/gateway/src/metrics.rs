@@ -2,6 +2,8 @@
 //! Names follow Prometheus conventions: `confab_` prefix, base units, `_total` counters. Labels
 //! are bounded (route patterns, status codes, error codes, frame types): never a user or thread.
 
+use actix_web::http::Method;
+use confab_protocol::ErrorCode;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
     Registry, TextEncoder,
@@ -19,8 +21,8 @@ pub struct Metrics {
     pub connects_refused: IntCounter,
     /// Client frames received, by frame type.
     pub frames_received: IntCounterVec,
-    /// Frames written to local sockets, by kind (`message`, `reply`, `event`).
-    pub frames_sent: IntCounterVec,
+    /// Frames written to WebSocket sockets (messages, replies, events, errors).
+    pub frames_sent: IntCounter,
     /// Messages stored (acknowledged) by this node.
     pub messages_stored: IntCounter,
     /// Message frames delivered to local sessions.
@@ -91,12 +93,9 @@ impl Metrics {
                 ),
                 &["type"],
             )),
-            frames_sent: must(IntCounterVec::new(
-                Opts::new(
-                    "confab_frames_sent_total",
-                    "Frames written to sockets by kind",
-                ),
-                &["kind"],
+            frames_sent: must(IntCounter::new(
+                "confab_frames_sent_total",
+                "Frames written to WebSocket sockets",
             )),
             messages_stored: must(IntCounter::new(
                 "confab_messages_stored_total",
@@ -164,6 +163,14 @@ impl Metrics {
             registry,
         };
         m.register_all();
+        // Known label values start at 0, so `rate()` and alerts see a series before the first
+        // event instead of a missing one.
+        for code in ErrorCode::ALL {
+            m.refused.with_label_values(&[code.as_str()]);
+        }
+        for scope in ["node", "session"] {
+            m.gap_repairs.with_label_values(&[scope]);
+        }
         m
     }
 
@@ -189,6 +196,23 @@ impl Metrics {
         must(r.register(Box::new(self.disconnects.clone())));
         must(r.register(Box::new(self.http_requests.clone())));
         must(r.register(Box::new(self.http_duration.clone())));
+    }
+
+    /// The `method` label of an HTTP request: the standard methods by name, anything else
+    /// (extension methods are legal HTTP) as `other`, so clients cannot mint label values.
+    pub fn method_label(method: &Method) -> &'static str {
+        match *method {
+            Method::GET => "GET",
+            Method::POST => "POST",
+            Method::PUT => "PUT",
+            Method::DELETE => "DELETE",
+            Method::PATCH => "PATCH",
+            Method::HEAD => "HEAD",
+            Method::OPTIONS => "OPTIONS",
+            Method::CONNECT => "CONNECT",
+            Method::TRACE => "TRACE",
+            _ => "other",
+        }
     }
 
     /// The text exposition format.

@@ -164,7 +164,7 @@ impl Application {
                 .app_data(crate::error::path_config())
                 .wrap_fn(move |req, srv| {
                     let started = Instant::now();
-                    let method = req.method().to_string();
+                    let method = crate::metrics::Metrics::method_label(req.method());
                     let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
                     let metrics = metrics.clone();
                     let fut = srv.call(req);
@@ -172,7 +172,7 @@ impl Application {
                         let res = fut.await?;
                         metrics
                             .http_requests
-                            .with_label_values(&[&route, &method, res.status().as_str()])
+                            .with_label_values(&[route.as_str(), method, res.status().as_str()])
                             .inc();
                         metrics
                             .http_duration

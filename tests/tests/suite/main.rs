@@ -4,4 +4,5 @@
 mod faults;
 mod foundation;
 mod hostile;
+mod ops;
 mod outages;

@@ -343,7 +343,11 @@ impl Session {
         let shared = self.shared.clone();
         tokio::select! {
             biased;
-            r = self.ws.text(frame) => r.map_err(|_| End::PeerGone),
+            r = self.ws.text(frame) => {
+                r.map_err(|_| End::PeerGone)?;
+                self.state.metrics.frames_sent.inc();
+                Ok(())
+            }
             reason = shared.closed() => Err(End::Close(reason)),
         }
     }
