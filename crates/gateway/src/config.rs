@@ -194,6 +194,8 @@ pub struct PresenceSettings {
     pub node_ttl_ms: u64,
     /// An offline event waits this long for a reconnect before it is sent.
     pub offline_grace_ms: u64,
+    /// Most users one `GET /api/v1/presence` may ask about.
+    pub max_query_users: usize,
 }
 
 /// Graceful shutdown.

@@ -57,18 +57,36 @@ impl Keys {
         format!("{}:node:{}:alive", self.prefix, node)
     }
 
-    /// Set of known node names (swept by survivors).
+    /// Sorted set of known node names, scored by their last heartbeat (ms since the epoch);
+    /// swept by survivors.
     pub fn nodes(&self) -> String {
         format!("{}:nodes", self.prefix)
     }
 
     /// Hash `session id -> node` of one user's sessions.
     pub fn user_sessions(&self, u: UserId) -> String {
-        format!("{}:presence:{}", self.prefix, u)
+        format!("{}{}", self.user_sessions_prefix(), u)
     }
 
-    /// When a user was last seen (RFC 3339).
-    pub fn last_seen(&self, u: UserId) -> String {
-        format!("{}:last_seen:{}", self.prefix, u)
+    /// What [`Keys::user_sessions`] puts before the user id (presence scripts build the key).
+    pub fn user_sessions_prefix(&self) -> String {
+        format!("{}:presence:", self.prefix)
+    }
+
+    /// Hash of one user's presence bookkeeping: `v` (transition version), `ls` (last seen, ms
+    /// since the epoch).
+    pub fn user_presence(&self, u: UserId) -> String {
+        format!("{}{}", self.user_presence_prefix(), u)
+    }
+
+    /// What [`Keys::user_presence`] puts before the user id.
+    pub fn user_presence_prefix(&self) -> String {
+        format!("{}:presence_meta:", self.prefix)
+    }
+
+    /// Sorted set of users whose last session closed, scored by when their offline event is
+    /// due (ms since the epoch, after the grace period).
+    pub fn presence_pending(&self) -> String {
+        format!("{}:presence_pending", self.prefix)
     }
 }

@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::hub::Hub;
 use crate::keys::Keys;
 use crate::metrics::Metrics;
-use crate::presence::{MemoryPresence, Presence};
+use crate::presence::{Announcer, MemoryPresence, Presence, RedisPresence};
 use crate::ratelimit::TokenBucket;
 use crate::state::AppState;
 use actix_web::dev::{Server, ServerHandle, Service};
@@ -112,7 +112,7 @@ impl Application {
         } = if clustered {
             redis_backends(&settings, &redis_url, &node_id, &keys, &metrics, &inbound).await?
         } else {
-            memory_backends(&inbound)
+            memory_backends(&settings, &keys, &inbound)
         };
         hub.set_broker(broker.clone());
         let chat = Chat::new(
@@ -142,6 +142,14 @@ impl Application {
             tracker: TaskTracker::new(),
             redis_pool,
         });
+
+        // Before serving: forget the sessions a previous life under this node name left behind,
+        // and heartbeat, so the first sessions count on a clean slate.
+        let announcer = Announcer::new(&state);
+        announcer
+            .start()
+            .await
+            .map_err(|e| startup_err("initializing presence", e))?;
 
         let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
             .map_err(|e| startup_err("binding the listener", e))?;
@@ -209,6 +217,7 @@ impl Application {
                 }
             }
         });
+        tokio::spawn(announcer.run(background.clone()));
         tracing::info!(node = %node_id, port, clustered, "node built");
         Ok(Self {
             port,
@@ -306,18 +315,28 @@ async fn redis_backends(
     Ok(Backends {
         broker,
         directory: Arc::new(RedisDirectory::new(pool.clone(), keys.clone())),
-        presence: Arc::new(MemoryPresence::new()),
+        presence: Arc::new(RedisPresence::new(
+            pool.clone(),
+            keys.clone(),
+            node_id,
+            ms(settings.presence.node_ttl_ms),
+            ms(settings.presence.offline_grace_ms),
+        )),
         redis_pool: Some(pool),
     })
 }
 
-fn memory_backends(inbound: &Arc<dyn Inbound>) -> Backends {
+fn memory_backends(settings: &Settings, keys: &Keys, inbound: &Arc<dyn Inbound>) -> Backends {
     let broker = Arc::new(MemoryBroker::new());
     broker.attach(Arc::downgrade(inbound));
     Backends {
-        broker,
+        broker: broker.clone(),
         directory: Arc::new(MemoryDirectory::new()),
-        presence: Arc::new(MemoryPresence::new()),
+        presence: Arc::new(MemoryPresence::new(
+            broker,
+            keys.control_channel(),
+            ms(settings.presence.offline_grace_ms),
+        )),
         redis_pool: None,
     }
 }
@@ -337,6 +356,9 @@ async fn drain(state: &AppState, handle: &ServerHandle) {
     // Give close frames a moment to be written before connections are torn down.
     tokio::time::sleep(Duration::from_millis(100)).await;
     handle.stop(true).await;
+    // Sessions are closed: clear what this node still has registered and deregister it, so its
+    // users go offline promptly (after the grace period) instead of when its heartbeat expires.
+    Announcer::new(state).stop().await;
     state.broker.shutdown();
     tracing::info!(node = %state.node_id, "drained");
 }

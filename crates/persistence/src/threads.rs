@@ -178,6 +178,32 @@ impl Store {
         Ok(rows.into_iter().map(ThreadId).collect())
     }
 
+    /// Those of `candidates` who share at least one thread with `user` (for presence queries).
+    pub async fn users_sharing_a_thread(
+        &self,
+        user: UserId,
+        candidates: &[UserId],
+    ) -> Result<Vec<UserId>> {
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mine = sea_orm::sea_query::Query::select()
+            .column(thread_member::Column::ThreadId)
+            .from(thread_member::Entity)
+            .and_where(thread_member::Column::UserId.eq(user.0))
+            .to_owned();
+        let rows: Vec<uuid::Uuid> = thread_member::Entity::find()
+            .select_only()
+            .column(thread_member::Column::UserId)
+            .distinct()
+            .filter(thread_member::Column::UserId.is_in(candidates.iter().map(|u| u.0)))
+            .filter(thread_member::Column::ThreadId.in_subquery(mine))
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        Ok(rows.into_iter().map(UserId).collect())
+    }
+
     /// Add users to a group thread; returns those who were not members yet, and the thread's
     /// `last_seq` at that moment (they receive what comes after).
     pub async fn add_members(

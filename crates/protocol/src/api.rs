@@ -116,3 +116,15 @@ pub struct ErrorBody {
     /// A human-readable explanation.
     pub message: String,
 }
+
+/// One entry of `GET /api/v1/presence?user_ids=…` → 200 (a JSON array, in the order asked).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UserPresence {
+    /// The user.
+    pub user_id: UserId,
+    /// Online while any of their sessions is connected on any node (or within the grace period
+    /// after the last one closed); offline otherwise.
+    pub status: crate::PresenceStatus,
+    /// When they were last connected; `null` while online or if never seen.
+    pub last_seen: Option<DateTime<Utc>>,
+}

@@ -6,3 +6,4 @@ mod foundation;
 mod hostile;
 mod ops;
 mod outages;
+mod presence;

@@ -1,6 +1,7 @@
 //! HTTP routes, one file per resource; handlers are named by verb.
 
 pub mod health;
+pub mod presence;
 pub mod sessions;
 pub mod threads;
 pub mod users;
@@ -18,6 +19,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             web::scope("/api/v1")
                 .route("/users", web::post().to(users::register))
                 .route("/users", web::get().to(users::search))
+                .route("/presence", web::get().to(presence::get))
                 .route("/sessions", web::post().to(sessions::login))
                 .route("/sessions", web::delete().to(sessions::logout))
                 .route("/threads", web::post().to(threads::create))

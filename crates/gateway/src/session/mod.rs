@@ -96,9 +96,9 @@ pub async fn run(
     // Cleanup, exactly once.
     state.hub.unregister(id);
     let user = session.auth.user.id;
-    if let Err(e) = state.presence.session_closed(user, id).await {
-        tracing::debug!(error = %e, "presence update failed");
-    }
+    crate::presence::Announcer::new(&state)
+        .closed(user, id)
+        .await;
     state.metrics.connections_open.dec();
     let code = match &end {
         End::Close(r) => r.code(),
@@ -137,9 +137,9 @@ impl Session {
             CloseReason::TryAgainLater
         })?;
         self.cursors = heads;
-        if let Err(e) = self.state.presence.session_opened(user, self.id).await {
-            tracing::debug!(error = %e, "presence update failed");
-        }
+        crate::presence::Announcer::new(&self.state)
+            .opened(user, self.id, self.cursors.keys().copied().collect())
+            .await;
         let s = &self.state.settings;
         let hello = ServerFrame::Hello {
             protocol: confab_protocol::PROTOCOL_VERSION,
