@@ -15,6 +15,10 @@ use confab_protocol::{Message, ServerFrame, Thread, ThreadId, UserId, UserRef};
 use std::sync::Arc;
 use std::time::Instant;
 
+mod messages;
+mod reading;
+mod rooms;
+
 /// Cheap to clone; shared by every session and route of a node.
 #[derive(Clone)]
 pub struct Chat {
@@ -25,6 +29,7 @@ pub struct Chat {
     keys: Keys,
     metrics: Metrics,
     limits: Arc<LimitSettings>,
+    typing: Arc<reading::TypingGate>,
 }
 
 impl Chat {
@@ -44,6 +49,7 @@ impl Chat {
             keys,
             metrics,
             limits,
+            typing: Arc::default(),
         }
     }
 

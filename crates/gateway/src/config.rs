@@ -170,6 +170,18 @@ pub struct LimitSettings {
     pub connects_burst: f64,
     /// Cap of the "all unread" first page when opening a thread.
     pub max_unread_page: u64,
+    /// Messages on the first page when opening a thread with few unread (seed 002: 20).
+    pub first_page_messages: u64,
+    /// Messages on an older page (`before_seq` given, no `limit`; seed 002: 10).
+    pub older_page_messages: u64,
+    /// Default page size of the thread and room lists.
+    pub list_page_default: u64,
+    /// Largest page of the thread and room lists, and of history with an explicit `limit`.
+    pub list_page_max: u64,
+    /// Longest reaction emoji in bytes (at most 32, the column width).
+    pub max_emoji_bytes: usize,
+    /// Longest report reason in characters (at most 500, the column width).
+    pub max_report_chars: usize,
 }
 
 /// Delivery repair.

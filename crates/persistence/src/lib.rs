@@ -4,14 +4,23 @@
 //! nothing installed). It must never know about actix, Redis or WebSockets: it takes ids and
 //! values and returns protocol types or plain rows.
 
+mod edits;
 pub mod entity;
 mod error;
 mod messages;
+mod reactions;
+mod read_state;
+mod reports;
+mod rooms;
 mod store;
+mod thread_list;
 mod threads;
 mod users;
 
 pub use error::{Error, Result};
 pub use messages::{EditOutcome, SendOutcome};
+pub use reactions::ReactOutcome;
+pub use read_state::{MarkReadOutcome, ReadPosition};
 pub use store::{Backend, Store, StoreOptions};
+pub use thread_list::ActivityCursor;
 pub use users::UserAuth;

@@ -117,6 +117,68 @@ pub struct ErrorBody {
     pub message: String,
 }
 
+/// `POST /api/v1/threads/{id}/read`: mark the thread read up to `seq`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MarkRead {
+    /// The highest `seq` the user has seen (clamped to the thread's last `seq`).
+    pub seq: i64,
+}
+
+/// `POST /api/v1/threads/{id}/read` → 200: the caller's read state after the call.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReadState {
+    /// The thread.
+    pub thread_id: ThreadId,
+    /// How far the caller has now read (never lower than before the call).
+    pub last_read_seq: i64,
+}
+
+/// `POST /api/v1/messages/{id}/report`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportMessage {
+    /// Why the message is reported (1–500 characters).
+    pub reason: String,
+}
+
+/// `POST /api/v1/messages/{id}/report` → 201: the stored report.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Report {
+    /// The report id.
+    pub id: uuid::Uuid,
+    /// The reported message.
+    pub message_id: crate::MessageId,
+    /// When it was stored.
+    pub created_at: DateTime<Utc>,
+}
+
+/// One entry of `GET /api/v1/rooms`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RoomListItem {
+    /// The room (a public group thread).
+    pub id: ThreadId,
+    /// Its name.
+    pub name: String,
+    /// How many members it has.
+    pub member_count: i64,
+    /// Whether the caller is one of them.
+    pub joined: bool,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// The time of its last activity (last message, or creation).
+    pub last_activity_at: DateTime<Utc>,
+}
+
+/// `GET /api/v1/rooms` → 200.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RoomList {
+    /// Public rooms, most recent activity first.
+    pub rooms: Vec<RoomListItem>,
+    /// Pass as `?cursor=` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
 /// One entry of `GET /api/v1/presence?user_ids=…` → 200 (a JSON array, in the order asked).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct UserPresence {

@@ -2,6 +2,7 @@
 //! Postgres, real Redis and real gateway nodes over real WebSockets.
 
 mod faults;
+mod features;
 mod foundation;
 mod hostile;
 mod ops;

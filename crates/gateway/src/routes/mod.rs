@@ -1,8 +1,12 @@
 //! HTTP routes, one file per resource; handlers are named by verb.
 
 pub mod health;
+pub mod messages;
+mod pages;
+pub mod rooms;
 pub mod presence;
 pub mod sessions;
+pub mod thread_list;
 pub mod threads;
 pub mod users;
 pub mod ws;
@@ -28,6 +32,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                     "/threads/{id}/members",
                     web::post().to(threads::add_members),
                 )
-                .route("/threads/{id}/members/me", web::delete().to(threads::leave)),
+                .route("/threads/{id}/members/me", web::delete().to(threads::leave))
+                .route("/threads", web::get().to(thread_list::list))
+                .route("/threads/{id}/read", web::post().to(thread_list::mark_read))
+                .route("/rooms", web::get().to(rooms::list))
+                // Before `/rooms/{id}/join`, which would take "random" for an id.
+                .route("/rooms/random/join", web::post().to(rooms::join_random))
+                .route("/rooms/{id}/join", web::post().to(rooms::join))
+                .route("/messages/{id}/report", web::post().to(messages::report)),
         );
 }

@@ -32,7 +32,9 @@ pub async fn create(
 pub struct HistoryQuery {
     /// Return messages with `seq` below this (newest page when absent).
     before_seq: Option<i64>,
-    /// Page size (1–100, default 20).
+    /// Page size (1 to `limits.list_page_max`). Default: 10 with `before_seq`; without it the
+    /// newest 20, or every unread message when more than 20 are unread (up to
+    /// `limits.max_unread_page`).
     limit: Option<u64>,
 }
 
@@ -45,17 +47,16 @@ pub async fn history(
 ) -> Result<web::Json<HistoryPage>> {
     let thread = path.into_inner();
     let q = query.into_inner();
-    let limit = q.limit.unwrap_or(20);
-    if !(1..=100).contains(&limit) {
-        return Err(Error::BadRequest("limit must be 1 to 100".into()));
+    let max = state.settings.limits.list_page_max.max(1);
+    if q.limit.is_some_and(|l| !(1..=max).contains(&l)) {
+        return Err(Error::BadRequest(format!("limit must be 1 to {max}")));
     }
     if matches!(q.before_seq, Some(b) if b < 1) {
         return Err(Error::BadRequest("before_seq must be at least 1".into()));
     }
-    state.chat.require_member(thread, me.user.id).await?;
     let messages = state
-        .store
-        .history_page(thread, q.before_seq, limit, me.user.id)
+        .chat
+        .history(me.user.id, thread, q.before_seq, q.limit)
         .await?;
     let next_before_seq = messages.first().map(|m| m.seq).filter(|s| *s > 1);
     Ok(web::Json(HistoryPage {
