@@ -440,24 +440,34 @@ both_backends!(
         let url = format!("{}?token={}&resume=1", c.node(1).ws_base(), bt);
         let mut bob_ws = confab_tests::Ws::connect_url(&url).await;
         a.send_msg(thread, "live4", "live4").await;
-        let reply = bob_ws
-            .request(json!({"type":"resume","threads":[{"thread_id":thread,"last_seq":1}]}))
+        bob_ws
+            .send_json(
+                json!({"type":"resume","req":"res","threads":[{"thread_id":thread,"last_seq":1}]}),
+            )
             .await;
-        assert_eq!(reply["type"], "resumed", "{reply}");
-        assert_eq!(reply["threads"][0]["truncated"], false);
-        // Replayed frames precede the reply; gather everything bob gets, in order.
-        let mut seqs = Vec::new();
-        // (the replayed 2 and 3 were already read before `resumed` by `request`; read history order)
+        // Replayed messages come first, in order, then the reply, then live delivery.
+        let mut before_reply = Vec::new();
+        let reply = loop {
+            let f = bob_ws
+                .recv_until(|f| f["type"] == "message" || f["type"] == "resumed")
+                .await;
+            if f["type"] == "resumed" {
+                break f;
+            }
+            before_reply.push(f["seq"].as_i64().unwrap_or(0));
+        };
+        assert_eq!(reply["req"], "res");
         let r = &reply["threads"][0];
-        assert_eq!(r["from_seq"], 2);
-        let replayed = r["replayed"].as_i64().unwrap_or(-1);
-        assert!(replayed == 2 || replayed == 3, "{reply}");
-        let head = r["last_seq"].as_i64().unwrap_or(0);
-        for s in (head + 1)..=4 {
-            let f = bob_ws.recv_until(|f| f["type"] == "message").await;
-            seqs.push(f["seq"].as_i64().unwrap_or(0));
-            assert_eq!(f["seq"], s);
-        }
+        assert_eq!(r["truncated"], false);
+        // Bob's head was 3 when he connected: 2 and 3 are replayed, live 4 follows the reply.
+        assert_eq!(
+            (r["from_seq"].as_i64(), r["last_seq"].as_i64()),
+            (Some(2), Some(3))
+        );
+        assert_eq!(r["replayed"], 2);
+        assert_eq!(before_reply, vec![2, 3]);
+        let live = bob_ws.recv_until(|f| f["type"] == "message").await;
+        assert_eq!(live["seq"], 4);
         bob_ws
             .expect_none(|f| f["type"] == "message", Duration::from_millis(500))
             .await;
