@@ -178,6 +178,9 @@ pub struct Hub {
     broker: OnceLock<Arc<dyn Broker>>,
     store: Store,
     keys: Keys,
+    /// Cached channel names: the reader compares every arriving channel against them.
+    control_channel: String,
+    thread_prefix: String,
     metrics: Metrics,
     max_pending: usize,
     me: Weak<Hub>,
@@ -190,6 +193,8 @@ impl Hub {
             inner: Mutex::new(Inner::default()),
             broker: OnceLock::new(),
             store,
+            control_channel: keys.control_channel(),
+            thread_prefix: keys.thread_channel_prefix(),
             keys,
             metrics,
             max_pending,
@@ -548,14 +553,14 @@ impl Hub {
 
 impl Inbound for Hub {
     fn on_message(&self, channel: &str, payload: bytes::Bytes) {
-        if channel == self.keys.control_channel() {
+        if channel == self.control_channel {
             match serde_json::from_slice::<ControlEvent>(&payload) {
                 Ok(ev) => self.on_control(ev),
                 Err(e) => tracing::warn!(error = %e, "bad control event"),
             }
             return;
         }
-        let Some(id) = channel.strip_prefix(&self.keys.thread_channel_prefix()) else {
+        let Some(id) = channel.strip_prefix(self.thread_prefix.as_str()) else {
             return;
         };
         let Ok(thread) = id.parse::<ThreadId>() else {
