@@ -37,6 +37,12 @@ clean-test-dbs:
 	  "select datname from pg_database where datname like 'confab_t_%'" 2>/dev/null | \
 	  while read -r db; do psql "$$CONFAB_TEST_DATABASE_URL" -qc "drop database if exists \"$$db\"" >/dev/null 2>&1 || true; done
 
+## The long fault-injection suite (the short form runs in `make test`).
+CHAOS_SECS ?= 180
+chaos:
+	@$(ENSURE) && $(CARGO) build -p confab-gateway --bin confab && \
+	  CONFAB_CHAOS_SECS=$(CHAOS_SECS) $(CARGO) test -p confab-tests --test suite chaos:: -- --nocapture
+
 lint: fmt clippy
 
 fmt:

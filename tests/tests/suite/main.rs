@@ -1,6 +1,8 @@
 //! The integration suite: one test binary, one module per area. Every test talks to real
 //! Postgres, real Redis and real gateway nodes over real WebSockets.
 
+mod chaos;
+mod embedded;
 mod faults;
 mod features;
 mod foundation;

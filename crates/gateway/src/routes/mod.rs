@@ -3,8 +3,8 @@
 pub mod health;
 pub mod messages;
 mod pages;
-pub mod rooms;
 pub mod presence;
+pub mod rooms;
 pub mod sessions;
 pub mod thread_list;
 pub mod threads;
