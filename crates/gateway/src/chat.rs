@@ -263,11 +263,12 @@ impl Chat {
             user_id: caller,
         };
         // The leaver's sessions stop receiving the thread (control), the others hear it left.
-        self.publish_control(&ControlEvent::Left {
+        self.publish_control_confirmed(&ControlEvent::Left {
             thread,
             user: caller,
             frame: frame.to_json(),
-        });
+        })
+        .await;
         self.publish_event(thread, None, &frame);
         Ok(())
     }
@@ -301,12 +302,13 @@ impl Chat {
         let frame = ServerFrame::ThreadCreated {
             thread: thread.clone(),
         };
-        self.publish_control(&ControlEvent::Joined {
+        self.publish_control_confirmed(&ControlEvent::Joined {
             thread: thread.id,
             users: users.to_vec(),
             last_seq,
             frame: frame.to_json(),
-        });
+        })
+        .await;
     }
 
     /// Publish a non-message event to a thread's members (optionally not to one user).
@@ -315,6 +317,38 @@ impl Chat {
             self.keys.thread_channel(thread),
             Envelope::event(exclude, &frame.to_json()),
         );
+    }
+
+    /// Publish a membership or session event every node must hear, and return only once Redis
+    /// accepted it: a message sent after the caller's reply then reaches every node after it
+    /// (Redis delivers in the order it processes publishes). A few retries ride out a blip; if
+    /// Redis stays down the event is queued like any other, and is logged.
+    pub async fn publish_control_confirmed(&self, ev: &ControlEvent) {
+        let payload = match serde_json::to_vec(ev) {
+            Ok(v) => bytes::Bytes::from(v),
+            Err(e) => {
+                tracing::error!(error = %e, "control event serialization failed");
+                return;
+            }
+        };
+        let channel = self.keys.control_channel();
+        let mut wait = std::time::Duration::from_millis(50);
+        for _ in 0..3 {
+            match self
+                .broker
+                .publish_confirmed(channel.clone(), payload.clone())
+                .await
+            {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "control publish failed; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait *= 4;
+                }
+            }
+        }
+        self.metrics.publish_failures.inc();
+        self.broker.publish(channel, payload);
     }
 
     /// Publish an event every node hears.

@@ -1,7 +1,7 @@
 //! In-process broker for a single node: a publish is handed straight to the hub.
 //! It cannot reach other processes, which is why start-up refuses it when `cluster.replicas > 1`.
 
-use super::{Broker, BrokerError, Inbound};
+use super::{BoxFuture, Broker, BrokerError, Inbound};
 use bytes::Bytes;
 use std::sync::{OnceLock, Weak};
 use tokio::sync::oneshot;
@@ -29,6 +29,15 @@ impl Broker for MemoryBroker {
         if let Some(inbound) = self.inbound.get().and_then(Weak::upgrade) {
             inbound.on_message(&channel, payload);
         }
+    }
+
+    fn publish_confirmed(
+        &self,
+        channel: String,
+        payload: Bytes,
+    ) -> BoxFuture<Result<(), BrokerError>> {
+        self.publish(channel, payload);
+        Box::pin(async { Ok(()) })
     }
 
     fn subscribe(&self, _channels: Vec<String>) -> oneshot::Receiver<Result<(), BrokerError>> {

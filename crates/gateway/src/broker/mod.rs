@@ -14,7 +14,12 @@ pub use self::memory::MemoryBroker;
 pub use self::redis::{RedisBroker, RedisBrokerOptions};
 
 use bytes::Bytes;
+use std::future::Future;
+use std::pin::Pin;
 use tokio::sync::oneshot;
+
+/// A boxed future, so the trait stays object-safe.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 /// Why a subscription could not be confirmed.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +40,14 @@ pub trait Broker: Send + Sync + 'static {
     /// Queue a publish. Never blocks; failures are counted and left to gap repair, because the
     /// message is already durable and every node sweeps for gaps.
     fn publish(&self, channel: String, payload: Bytes);
+    /// Publish now and resolve once the broker accepted it. For control events whose loss
+    /// would leave sessions in the wrong threads (joins, leaves, logouts): the caller answers
+    /// only after this, so a later message cannot overtake it.
+    fn publish_confirmed(
+        &self,
+        channel: String,
+        payload: Bytes,
+    ) -> BoxFuture<Result<(), BrokerError>>;
     /// Subscribe to channels; the receiver resolves once the broker confirmed them (or failed;
     /// the channels stay wanted and are subscribed on reconnect either way).
     fn subscribe(&self, channels: Vec<String>) -> oneshot::Receiver<Result<(), BrokerError>>;

@@ -3,7 +3,7 @@
 //! liveness probe that catches a connection which is open but no longer delivering, and a
 //! publisher task that pipelines queued publishes over a pooled connection.
 
-use super::{Broker, BrokerError, Inbound};
+use super::{BoxFuture, Broker, BrokerError, Inbound};
 use crate::metrics::Metrics;
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -54,6 +54,7 @@ pub struct RedisBroker {
     healthy: Arc<AtomicBool>,
     cancel: CancellationToken,
     metrics: Metrics,
+    pool: deadpool_redis::Pool,
 }
 
 impl RedisBroker {
@@ -89,7 +90,12 @@ impl RedisBroker {
         };
         let (ready_tx, ready_rx) = oneshot::channel();
         tokio::spawn(reader.run(Some(first), ready_tx));
-        tokio::spawn(publisher(pool, pub_rx, metrics.clone(), cancel.clone()));
+        tokio::spawn(publisher(
+            pool.clone(),
+            pub_rx,
+            metrics.clone(),
+            cancel.clone(),
+        ));
         let _ = tokio::time::timeout(Duration::from_secs(5), ready_rx).await;
         Ok(Arc::new(Self {
             commands: cmd_tx,
@@ -97,6 +103,7 @@ impl RedisBroker {
             healthy,
             cancel,
             metrics,
+            pool,
         }))
     }
 }
@@ -106,6 +113,24 @@ impl Broker for RedisBroker {
         if self.publishes.try_send((channel, payload)).is_err() {
             self.metrics.publish_failures.inc();
         }
+    }
+
+    fn publish_confirmed(
+        &self,
+        channel: String,
+        payload: Bytes,
+    ) -> BoxFuture<Result<(), BrokerError>> {
+        let pool = self.pool.clone();
+        Box::pin(async move {
+            let mut conn = pool.get().await.map_err(|e| BrokerError(e.to_string()))?;
+            redis::cmd("PUBLISH")
+                .arg(&channel)
+                .arg(payload.as_ref())
+                .query_async::<i64>(&mut *conn)
+                .await
+                .map(|_| ())
+                .map_err(|e| BrokerError(e.to_string()))
+        })
     }
 
     fn subscribe(&self, channels: Vec<String>) -> oneshot::Receiver<Result<(), BrokerError>> {

@@ -50,6 +50,7 @@ pub async fn logout(state: web::Data<AppState>, me: AuthUser) -> Result<HttpResp
     let token_tag = u64::from_str_radix(me.token_hash.get(..16).unwrap_or("0"), 16).unwrap_or(0);
     state
         .chat
-        .publish_control(&ControlEvent::Kick { token_tag });
+        .publish_control_confirmed(&ControlEvent::Kick { token_tag })
+        .await;
     Ok(HttpResponse::NoContent().finish())
 }
