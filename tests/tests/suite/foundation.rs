@@ -474,3 +474,20 @@ both_backends!(
         c.stop().await;
     }
 );
+
+both_backends!(
+    an_expired_token_is_refused_everywhere,
+    |b: Backend| async move {
+        let c = Cluster::start_with(b, 1, |s| s.auth.token_ttl_secs = 1).await;
+        let (_u, t) = c.user("brief").await;
+        let (s, _) = c.http(0).get("/api/v1/threads", Some(&t)).await;
+        assert_eq!(s, 200);
+        // Expiry is a wall-clock comparison: wait until it has certainly passed.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let (s, e) = c.http(0).get("/api/v1/threads", Some(&t)).await;
+        assert_eq!((s, e["code"].as_str()), (401, Some("unauthorized")));
+        let (s, _) = c.http(0).get(&format!("/ws?token={t}"), None).await;
+        assert_eq!(s, 401);
+        c.stop().await;
+    }
+);

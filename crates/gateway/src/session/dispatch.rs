@@ -23,6 +23,11 @@ impl Session {
         let frame: ClientFrame = match serde_json::from_str(text) {
             Ok(f) => f,
             Err(e) => {
+                self.state
+                    .metrics
+                    .frames_received
+                    .with_label_values(&["invalid"])
+                    .inc();
                 let req = peek_req(text);
                 return self
                     .error(req, ErrorCode::BadRequest, &format!("invalid frame: {e}"))
