@@ -43,6 +43,11 @@ chaos:
 	@$(ENSURE) && $(CARGO) build -p confab-gateway --bin confab && \
 	  CONFAB_CHAOS_SECS=$(CHAOS_SECS) $(CARGO) test -p confab-tests --test suite chaos:: -- --nocapture
 
+## Load benchmarks: 2 release nodes on a fresh database, every scenario of confab-bench, a perf
+## profile; writes BENCHMARKS.md (about 10-15 minutes after the release build).
+bench:
+	@bash scripts/bench.sh
+
 lint: fmt clippy
 
 fmt:

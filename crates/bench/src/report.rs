@@ -1,0 +1,730 @@
+//! `report`: turn the JSON lines of a `make bench` run into `BENCHMARKS.md`: the machine, the
+//! exact commands, every figure against its target (from MISSION.md), the details of each
+//! scenario, and where the CPU went. Only figures present in the results are written; a figure
+//! with no measurement says so instead of showing a number.
+
+use crate::fanout::FanoutReport;
+use crate::history::HistoryReport;
+use crate::idle::IdleReport;
+use crate::ramp::RampReport;
+use crate::storm::StormReport;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+/// Every result of a run, by scenario.
+#[derive(Default)]
+pub struct Results {
+    /// Fanout runs (ramp steps excluded), in order.
+    pub fanout: Vec<FanoutReport>,
+    /// Ramp outcomes.
+    pub ramp: Vec<RampReport>,
+    /// Idle runs.
+    pub idle: Vec<IdleReport>,
+    /// Storms.
+    pub storm: Vec<StormReport>,
+    /// History runs.
+    pub history: Vec<HistoryReport>,
+}
+
+impl Results {
+    /// Parse JSON lines (unknown or broken lines are skipped; ramp steps are fanout lines whose
+    /// label starts with `ramp`).
+    pub fn parse(text: &str) -> Self {
+        let mut r = Self::default();
+        for line in text.lines() {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            let scenario = v["scenario"].as_str().unwrap_or_default().to_owned();
+            let label = v["label"].as_str().unwrap_or_default().to_owned();
+            match scenario.as_str() {
+                "fanout" if !label.starts_with("ramp") => {
+                    if let Ok(x) = serde_json::from_value(v) {
+                        r.fanout.push(x);
+                    }
+                }
+                "ramp" => {
+                    if let Ok(x) = serde_json::from_value(v) {
+                        r.ramp.push(x);
+                    }
+                }
+                "idle" => {
+                    if let Ok(x) = serde_json::from_value(v) {
+                        r.idle.push(x);
+                    }
+                }
+                "storm" => {
+                    if let Ok(x) = serde_json::from_value(v) {
+                        r.storm.push(x);
+                    }
+                }
+                "history" => {
+                    if let Ok(x) = serde_json::from_value(v) {
+                        r.history.push(x);
+                    }
+                }
+                _ => {}
+            }
+        }
+        r
+    }
+}
+
+/// The free-text parts supplied by the script.
+#[derive(Default)]
+pub struct Inputs {
+    /// The machine description (markdown lines).
+    pub machine: String,
+    /// The exact commands run.
+    pub commands: String,
+    /// `perf report --sort dso,sym` of the gateway processes, one per profiled run: (the run's
+    /// label, the report text).
+    pub profiles: Vec<(String, String)>,
+    /// How the profile was taken.
+    pub profile_method: String,
+}
+
+fn n0(v: f64) -> String {
+    let s = format!("{:.0}", v.abs());
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if v < 0.0 {
+        format!("-{out}")
+    } else {
+        out
+    }
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "**met**"
+    } else {
+        "**missed**"
+    }
+}
+
+/// The fanout run closest to `deliveries` per second offered (rooms of 10).
+fn closest(fanout: &[FanoutReport], deliveries: f64) -> Option<&FanoutReport> {
+    fanout
+        .iter()
+        .filter(|f| {
+            f.room_size == 10 && !f.label.starts_with("store") && !f.label.starts_with("profile")
+        })
+        .min_by(|a, b| {
+            let da = (a.rate_offered * 9.0 - deliveries).abs();
+            let db = (b.rate_offered * 9.0 - deliveries).abs();
+            da.total_cmp(&db)
+        })
+}
+
+/// Render `BENCHMARKS.md`.
+pub fn render(results: &Results, inputs: &Inputs) -> String {
+    let mut md = String::new();
+    let w = &mut md;
+    let _ = writeln!(w, "# Benchmarks\n");
+    let _ = writeln!(
+        w,
+        "Written by `make bench` (`scripts/bench.sh`, `confab-bench report`). Every number below \
+         was measured by that run on the machine described; nothing is copied from elsewhere. \
+         The load generator runs on the same machine as the nodes, Redis and Postgres, as the \
+         targets in MISSION.md assume.\n"
+    );
+    let _ = writeln!(w, "## Machine\n\n{}\n", inputs.machine.trim());
+    let _ = writeln!(w, "## Figures against targets\n");
+    figures(w, results);
+    let _ = writeln!(w, "\n## Fan-out runs\n");
+    fanout_table(w, &results.fanout);
+    for r in &results.ramp {
+        ramp_section(w, r);
+    }
+    for i in &results.idle {
+        idle_section(w, i);
+    }
+    for s in &results.storm {
+        let _ = writeln!(w, "\n## Reconnect storm ({})\n\n{}\n", s.label, s.summary());
+    }
+    for h in &results.history {
+        let _ = writeln!(w, "\n## History paging ({})\n\n{}\n", h.label, h.summary());
+        let _ = writeln!(
+            w,
+            "Newest page p99 {:.2} ms; random older pages p99 {:.2} ms. Inserting the messages \
+             (SQL `generate_series` into the bench database, then `ANALYZE`) took {:.1} s. \
+             Latency is measured by the client over HTTP: authentication, membership check, \
+             query and JSON included.",
+            h.newest_ms.p99, h.random_ms.p99, h.insert_s
+        );
+    }
+    let _ = writeln!(w, "\n## Where the time goes\n");
+    cpu_split(w, &results.fanout);
+    profile(w, inputs);
+    let _ = writeln!(
+        w,
+        "\n## Exact commands\n\n```sh\n{}\n```",
+        inputs.commands.trim()
+    );
+    md
+}
+
+fn figures(w: &mut String, r: &Results) {
+    let _ = writeln!(
+        w,
+        "| figure | target | measured | verdict |\n|---|---|---|---|"
+    );
+    let clean: Vec<&FanoutReport> = r
+        .fanout
+        .iter()
+        .filter(|f| f.room_size == 10 && f.clean() && !f.label.starts_with("profile"))
+        .collect();
+    match clean.iter().max_by(|a, b| {
+        a.deliveries_per_server_cpu_s
+            .total_cmp(&b.deliveries_per_server_cpu_s)
+    }) {
+        Some(best) => {
+            let _ = writeln!(
+                w,
+                "| fan-out efficiency (rooms of 10, {} nodes) | ≥ 1,000,000 deliveries per server \
+                 CPU-second | {} (best loss-free run, `{}`, {} deliveries/s) | {} |",
+                best.nodes,
+                n0(best.deliveries_per_server_cpu_s),
+                best.label,
+                n0(best.delivered_per_sec),
+                verdict(best.deliveries_per_server_cpu_s >= 1_000_000.0)
+            );
+        }
+        None => {
+            let _ = writeln!(w, "| fan-out efficiency | ≥ 1,000,000 deliveries per server CPU-second | no loss-free run with rooms of 10 | **missed** |");
+        }
+    }
+    match closest(&r.fanout, 90_000.0) {
+        Some(f) => {
+            let _ = writeln!(
+                w,
+                "| fan-out efficiency at ~90k deliveries/s | ≥ 300,000 per server CPU-second (the \
+                 mark to beat at a moderate rate) | {} (`{}`) | {} |",
+                n0(f.deliveries_per_server_cpu_s),
+                f.label,
+                verdict(f.deliveries_per_server_cpu_s >= 300_000.0 && f.clean())
+            );
+            let _ = writeln!(
+                w,
+                "| p99 send→deliver across nodes at 90k deliveries/s | ≤ 5 ms | p99 {:.2} ms \
+                 (p50 {:.2}, p99.9 {:.2}, max {:.2}) at {} deliveries/s, lost {}, dup {} (`{}`) | {} |",
+                f.latency_ms.p99,
+                f.latency_ms.p50,
+                f.latency_ms.p999,
+                f.latency_ms.max,
+                n0(f.delivered_per_sec),
+                f.lost,
+                f.duplicated,
+                f.label,
+                verdict(f.latency_ms.p99 <= 5.0 && f.clean() && f.delivered_per_sec >= 85_000.0)
+            );
+        }
+        None => {
+            let _ = writeln!(
+                w,
+                "| p99 send→deliver at 90k deliveries/s | ≤ 5 ms | not measured | — |"
+            );
+        }
+    }
+    match r.ramp.first() {
+        Some(ramp) => {
+            let held = ramp.highest_held_delivered_per_sec.unwrap_or(0.0);
+            let _ =
+                writeln!(
+                w,
+                "| loss-free ceiling on the shared 2-core machine | ≥ 450,000 deliveries/s | {} \
+                 deliveries/s ({} msgs/s offered held; first failure at {}: {}) | {} |",
+                n0(held),
+                ramp.highest_held_rate.map_or("none".into(), n0),
+                ramp.first_failed_rate.map_or("none".into(), n0),
+                ramp.failure.clone().unwrap_or_else(|| "none up to the cap".into()),
+                verdict(held >= 450_000.0)
+            );
+        }
+        None => {
+            let _ = writeln!(
+                w,
+                "| loss-free ceiling | ≥ 450,000 deliveries/s | not measured | — |"
+            );
+        }
+    }
+    match r.idle.first() {
+        Some(i) => {
+            let gib = i.rss_per_conn_kib * 100_000.0 / 1024.0 / 1024.0;
+            let _ = writeln!(
+                w,
+                "| RSS per idle authenticated connection | ≤ 8 KiB | {:.2} KiB (measured with {} \
+                 connections on one node) | {} |",
+                i.rss_per_conn_kib,
+                n0(i.connections as f64),
+                verdict(i.rss_per_conn_kib <= 8.0 && i.rss_per_conn_kib > 0.0)
+            );
+            let _ = writeln!(
+                w,
+                "| 100,000 connections on one node | 100,000 | **extrapolated, not measured**: \
+                 the process fd limit here is 20,000, so {} were measured; at {:.2} KiB each, \
+                 100,000 would need ≈ {:.2} GiB of connection memory | — |",
+                n0(i.connections as f64),
+                i.rss_per_conn_kib,
+                gib
+            );
+            let _ = writeln!(
+                w,
+                "| authenticated connects per second per node | ≥ 10,000 | {} /s ({} sessions: \
+                 upgrade, token check, `hello`; {} retried) | {} |",
+                n0(i.connects_per_sec),
+                n0(i.connections as f64),
+                i.retried,
+                verdict(i.connects_per_sec >= 10_000.0)
+            );
+        }
+        None => {
+            let _ = writeln!(
+                w,
+                "| RSS per idle connection | ≤ 8 KiB | not measured | — |"
+            );
+        }
+    }
+    let stored = r
+        .fanout
+        .iter()
+        .filter(|f| f.label.starts_with("store"))
+        .max_by(|a, b| a.acked_per_sec.total_cmp(&b.acked_per_sec));
+    match stored {
+        Some(s) => {
+            let _ = writeln!(
+                w,
+                "| durably stored messages per second (ack after commit) | ≥ 30,000 | {} /s acked \
+                 at {} offered (`{}`; ack p99 {:.1} ms, {} unanswered at the end) | {} |",
+                n0(s.acked_per_sec),
+                n0(s.rate_offered),
+                s.label,
+                s.ack_latency_ms.p99,
+                s.unacked,
+                verdict(s.acked_per_sec >= 30_000.0)
+            );
+        }
+        None => {
+            let _ = writeln!(
+                w,
+                "| durably stored messages per second | ≥ 30,000 | not measured | — |"
+            );
+        }
+    }
+    match r.history.first() {
+        Some(h) => {
+            let _ = writeln!(
+                w,
+                "| history page of 20 from a {}-message thread | ≤ 5 ms p99 | p99 {:.2} ms (p50 \
+                 {:.2}, max {:.2}; {} pages, {} errors) | {} |",
+                n0(h.messages as f64),
+                h.all_ms.p99,
+                h.all_ms.p50,
+                h.all_ms.max,
+                h.requests,
+                h.errors,
+                verdict(h.all_ms.p99 <= 5.0 && h.errors == 0 && h.messages >= 1_000_000)
+            );
+        }
+        None => {
+            let _ = writeln!(w, "| history page of 20 | ≤ 5 ms p99 | not measured | — |");
+        }
+    }
+    if let Some(s) = r.storm.first() {
+        let _ = writeln!(
+            w,
+            "| reconnect storm: {} clients resume at once | nothing lost | all back in {:.0} ms; \
+             lost {}, dup {} of {} | {} |",
+            n0(s.clients as f64),
+            s.time_to_all_resumed_ms,
+            s.lost,
+            s.duplicated,
+            n0(s.expected_deliveries as f64),
+            verdict(s.lost == 0 && s.duplicated == 0 && s.failed == 0)
+        );
+    }
+    let _ = writeln!(
+        w,
+        "| presence of a SIGKILLed node's users cleared | ≤ 30 s | not measured by `make bench` \
+         (a fault-injection test, not a load figure) | — |"
+    );
+}
+
+fn fanout_table(w: &mut String, runs: &[FanoutReport]) {
+    let _ = writeln!(
+        w,
+        "Open loop: every client sends on a fixed schedule whatever the server does; latency is \
+         send→delivery to *other* members (the sender's own echo is counted separately); loss \
+         and duplicates are counted exactly per acknowledged message and member.\n"
+    );
+    let _ = writeln!(
+        w,
+        "| run | clients / room | offered msg/s | sent/s | acked/s | delivered/s | lost | dup | \
+         p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | gateway CPU-s | deliveries per gateway \
+         CPU-s | incl. Redis+PG | node RSS MiB |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
+    for f in runs {
+        let rss: Vec<String> = f
+            .cpu
+            .processes
+            .iter()
+            .filter(|p| p.name.starts_with("node"))
+            .map(|p| format!("{:.0}", p.rss_kib as f64 / 1024.0))
+            .collect();
+        let _ = writeln!(
+            w,
+            "| {} | {} / {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | \
+             {:.2} | {} | {} | {} |",
+            f.label,
+            n0(f.clients as f64),
+            f.room_size,
+            n0(f.rate_offered),
+            n0(f.sent_per_sec),
+            n0(f.acked_per_sec),
+            n0(f.delivered_per_sec),
+            f.lost,
+            f.duplicated,
+            f.latency_ms.p50,
+            f.latency_ms.p90,
+            f.latency_ms.p99,
+            f.latency_ms.p999,
+            f.latency_ms.max,
+            f.server_cpu_s,
+            n0(f.deliveries_per_server_cpu_s),
+            n0(f.deliveries_per_stack_cpu_s),
+            rss.join(" / ")
+        );
+    }
+    let odd: Vec<String> = runs
+        .iter()
+        .filter(|f| !f.clean())
+        .map(|f| {
+            format!(
+                "- `{}`: unacked {}, send errors {:?}, disconnects {:?}, drained {}",
+                f.label, f.unacked, f.send_errors, f.disconnects, f.drained
+            )
+        })
+        .collect();
+    if !odd.is_empty() {
+        let _ = writeln!(w, "\nRuns that were not clean:\n\n{}", odd.join("\n"));
+    }
+}
+
+fn ramp_section(w: &mut String, r: &RampReport) {
+    let _ = writeln!(
+        w,
+        "\n## Ramp ({})\n\nEach step is a fresh fanout (new users, rooms, connections). A step \
+         holds when nothing is lost or duplicated, every send is answered, no client is dropped, \
+         the generator keeps its schedule, and p99 ≤ {} ms.\n\n{}\n",
+        r.label,
+        r.max_p99_ms,
+        r.summary()
+    );
+    let _ = writeln!(
+        w,
+        "| offered msg/s | held | sent/s | acked/s | delivered/s | lost | dup | p99 ms | \
+         deliveries per gateway CPU-s | why not |\n|---|---|---|---|---|---|---|---|---|---|"
+    );
+    for s in &r.steps {
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} | {} | {} | {} | {} | {:.2} | {} | {} |",
+            n0(s.rate),
+            if s.held { "yes" } else { "no" },
+            n0(s.sent_per_sec),
+            n0(s.acked_per_sec),
+            n0(s.delivered_per_sec),
+            s.lost,
+            s.duplicated,
+            s.p99_ms,
+            n0(s.deliveries_per_server_cpu_s),
+            s.reason.clone().unwrap_or_default()
+        );
+    }
+}
+
+fn idle_section(w: &mut String, i: &IdleReport) {
+    let _ = writeln!(
+        w,
+        "\n## Idle connections ({})\n\n{}\n",
+        i.label,
+        i.summary()
+    );
+    let _ = writeln!(
+        w,
+        "Each connection is a distinct session of one of {} users ({} rooms), opened from {} \
+         loopback source address(es). The node's fd limit (20,000) caps one process below \
+         20,000 sockets, so the 100,000-connection figure is an extrapolation from this \
+         measurement, not a measurement. Setup (registration, rooms) took {:.1} s and is not \
+         part of the connect rate.",
+        n0(i.users as f64),
+        n0(i.rooms as f64),
+        i.sources,
+        i.setup_s
+    );
+    let split: Vec<String> = i
+        .connect_cpu
+        .processes
+        .iter()
+        .map(|p| format!("{} {:.2} s", p.name, p.cpu_s))
+        .collect();
+    if !split.is_empty() {
+        let _ = writeln!(
+            w,
+            "\nCPU during the {:.2} s connect phase: {}, load generator {:.2} s, whole machine \
+             {:.2} s.",
+            i.connect_s,
+            split.join(", "),
+            i.connect_cpu.bench_cpu_s,
+            i.connect_cpu.machine_cpu_s
+        );
+    }
+}
+
+fn cpu_split(w: &mut String, runs: &[FanoutReport]) {
+    let _ = writeln!(
+        w,
+        "CPU seconds used during each measured window, from `/proc/PID/stat` (utime + stime; \
+         Postgres summed over its backends). \"Other\" is whatever else ran on the machine \
+         (the kernel's softirq work is charged to whichever process was running).\n"
+    );
+    let mut names: Vec<String> = Vec::new();
+    for f in runs {
+        for p in &f.cpu.processes {
+            if !names.contains(&p.name) {
+                names.push(p.name.clone());
+            }
+        }
+    }
+    let _ = writeln!(
+        w,
+        "| run | window s | {} | load generator | other | machine busy (all CPUs) |\n|---|---|{}---|---|---|",
+        names.join(" | "),
+        "---|".repeat(names.len())
+    );
+    for f in runs {
+        let by: BTreeMap<&str, f64> = f
+            .cpu
+            .processes
+            .iter()
+            .map(|p| (p.name.as_str(), p.cpu_s))
+            .collect();
+        let known: f64 = f.cpu.processes.iter().map(|p| p.cpu_s).sum::<f64>() + f.cpu.bench_cpu_s;
+        let cols: Vec<String> = names
+            .iter()
+            .map(|n| by.get(n.as_str()).map_or("-".into(), |v| format!("{v:.2}")))
+            .collect();
+        let _ = writeln!(
+            w,
+            "| {} | {:.0} | {} | {:.2} | {:.2} | {:.2} |",
+            f.label,
+            f.duration_s,
+            cols.join(" | "),
+            f.cpu.bench_cpu_s,
+            (f.cpu.machine_cpu_s - known).max(0.0),
+            f.cpu.machine_cpu_s
+        );
+    }
+}
+
+/// Buckets for kernel symbols of the gateway, first match wins.
+const KERNEL_BUCKETS: &[(&str, &[&str])] = &[
+    (
+        "kernel: scheduling, wakeups, futex, epoll, syscall entry",
+        &[
+            "task_switch",
+            "schedule",
+            "_raw_spin",
+            "wake",
+            "futex",
+            "epoll",
+            "ep_",
+            "entry_SYSCALL",
+            "syscall",
+            "pick_next",
+            "enqueue",
+            "dequeue",
+            "hrtimer",
+            "native_",
+            "irqentry",
+            "exit_to_user",
+        ],
+    ),
+    (
+        "kernel: TCP/loopback networking",
+        &[
+            "tcp",
+            "sock",
+            "skb",
+            "inet",
+            "__ip",
+            "ip_rcv",
+            "ip_finish",
+            "ip_output",
+            "ip_local",
+            "ip_queue",
+            "loopback",
+            "net_rx",
+            "napi",
+            "netif",
+            "dev_queue",
+            "dev_hard",
+            "sendto",
+            "recvfrom",
+            "sendmsg",
+            "recvmsg",
+            "softirq",
+        ],
+    ),
+    (
+        "kernel: memory (copies, slab, pages)",
+        &[
+            "copy", "memcpy", "memset", "kmem", "alloc", "kfree", "page", "slab", "clear_",
+        ],
+    ),
+];
+
+/// Buckets for user-space symbols of the gateway, first match wins.
+const USER_BUCKETS: &[(&str, &[&str])] = &[
+    (
+        "allocator and memcpy",
+        &[
+            "malloc", "free", "realloc", "alloc::", "memcpy", "memmove", "memset", "_int_",
+        ],
+    ),
+    ("JSON (serde_json)", &["serde_json", "serde::", "serde_"]),
+    (
+        "Postgres client (sqlx, sea-orm)",
+        &["sqlx", "sea_orm", "sea_query", "postgres"],
+    ),
+    ("Redis client", &["redis", "deadpool"]),
+    ("tokio runtime", &["tokio"]),
+    (
+        "actix HTTP/WebSocket",
+        &["actix", "h1::", "http::", "bytes::", "bytestring"],
+    ),
+    ("confab (hub, session, chat)", &["confab"]),
+    ("hashing and crypto", &["sha2", "argon2", "blake2"]),
+];
+
+fn bucket(symbol: &str, dso: &str) -> &'static str {
+    let kernel = dso.contains("kernel");
+    let list = if kernel { KERNEL_BUCKETS } else { USER_BUCKETS };
+    for (name, pats) in list {
+        if pats.iter().any(|p| symbol.contains(p)) {
+            return name;
+        }
+    }
+    if kernel {
+        "kernel: other"
+    } else {
+        "other user space"
+    }
+}
+
+/// Parse `perf report --sort dso,sym` lines: `  12.34%  dso  [k] symbol`.
+fn symbol_lines(text: &str) -> Vec<(f64, String, String)> {
+    text.lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let (pct, rest) = l.split_once('%')?;
+            let pct: f64 = pct.trim().parse().ok()?;
+            let rest = rest.trim();
+            let marker = ["[k] ", "[.] ", "[u] ", "[g] "]
+                .iter()
+                .filter_map(|m| rest.find(m))
+                .min();
+            let (dso, sym) = match marker {
+                Some(i) => (rest[..i].trim().to_owned(), rest[i + 4..].trim().to_owned()),
+                None => (String::new(), rest.to_owned()),
+            };
+            Some((pct, dso, sym))
+        })
+        .collect()
+}
+
+fn profile(w: &mut String, inputs: &Inputs) {
+    let _ = writeln!(w, "\n### Profile\n\n{}", inputs.profile_method.trim());
+    for (label, text) in &inputs.profiles {
+        profile_one(w, label, text);
+    }
+}
+
+fn profile_one(w: &mut String, label: &str, text: &str) {
+    let lines = symbol_lines(text);
+    if lines.is_empty() {
+        let _ = writeln!(w, "\nRun `{label}`: no samples were recorded.");
+        return;
+    }
+    let total: f64 = lines.iter().map(|l| l.0).sum();
+    let mut buckets: BTreeMap<&str, f64> = BTreeMap::new();
+    for (pct, dso, sym) in &lines {
+        *buckets.entry(bucket(sym, dso)).or_default() += pct;
+    }
+    let mut sorted: Vec<(&str, f64)> = buckets.into_iter().collect();
+    sorted.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let _ = writeln!(
+        w,
+        "\n#### During `{label}`\n\nThe gateway processes' samples grouped by what the symbol \
+         belongs to (share of the samples above the report's cut-off):\n\n| where | share |\n\
+         |---|---|"
+    );
+    for (name, pct) in &sorted {
+        let _ = writeln!(w, "| {name} | {:.1}% |", pct / total.max(1e-9) * 100.0);
+    }
+    let _ = writeln!(w, "\nTop symbols:\n\n```");
+    for (pct, dso, sym) in lines.iter().take(25) {
+        let sym: String = sym.chars().take(140).collect();
+        let _ = writeln!(w, "{pct:6.2}%  {dso:<18} {sym}");
+    }
+    let _ = writeln!(w, "```");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_get_thousands_separators() {
+        assert_eq!(n0(1234567.4), "1,234,567");
+        assert_eq!(n0(999.0), "999");
+        assert_eq!(n0(-4500.0), "-4,500");
+    }
+
+    #[test]
+    fn perf_lines_parse_and_bucket() {
+        let t = "# comment\n    12.50%  [kernel.kallsyms]  [k] tcp_sendmsg_locked\n     \
+                 3.00%  confab              [.] serde_json::ser::format_escaped_str\n";
+        let l = symbol_lines(t);
+        assert_eq!(l.len(), 2);
+        assert_eq!(l[0].1, "[kernel.kallsyms]");
+        assert_eq!(l[0].2, "tcp_sendmsg_locked");
+        assert_eq!(bucket(&l[0].2, &l[0].1), "kernel: TCP/loopback networking");
+        assert_eq!(bucket(&l[1].2, &l[1].1), "JSON (serde_json)");
+        let k = "[kernel.kallsyms]";
+        for sym in ["finish_task_switch.isra.0", "_raw_spin_unlock_irqrestore"] {
+            assert!(bucket(sym, k).starts_with("kernel: scheduling"), "{sym}");
+        }
+        assert_eq!(
+            bucket("__inet_lookup_established", k),
+            "kernel: TCP/loopback networking"
+        );
+        assert_eq!(
+            bucket("_copy_to_iter", k),
+            "kernel: memory (copies, slab, pages)"
+        );
+    }
+
+    #[test]
+    fn a_report_without_results_says_not_measured() {
+        let md = render(&Results::default(), &Inputs::default());
+        assert!(md.contains("not measured"));
+        assert!(!md.contains("**met**"));
+    }
+}

@@ -1,0 +1,237 @@
+#!/usr/bin/env bash
+# `make bench`: build release binaries, start 2 release gateway nodes on a fresh database and
+# Redis prefix, run every load scenario with `confab-bench`, profile the nodes under load, and
+# write BENCHMARKS.md from what was measured. Everything runs on 127.0.0.1; the load generator
+# shares the machine with the nodes, Redis and Postgres.
+#
+# Environment (all optional):
+#   BENCH_DIR=.confab/bench   results, logs, perf data
+#   BENCH_OUT=BENCHMARKS.md   the report
+#   BENCH_QUICK=1             much shorter runs (to check the script itself; figures meaningless)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+dir="${BENCH_DIR:-$root/.confab/bench}"
+out="${BENCH_OUT:-$root/BENCHMARKS.md}"
+quick="${BENCH_QUICK:-0}"
+mkdir -p "$dir"
+rm -f "$dir"/results.jsonl "$dir"/commands.txt "$dir"/*.log "$dir"/perf.data*
+
+log() { echo "bench: $*" >&2; }
+die() { log "$*"; exit 1; }
+
+# ---------- build ----------
+log "building release binaries"
+cargo build --release -p confab-gateway -p confab-bench
+# Run copies: a rebuild during the run must not swap the binaries under the nodes (and perf
+# needs the files the processes were started from to resolve symbols).
+mkdir -p "$dir/bin"
+cp target/release/confab target/release/confab-bench "$dir/bin/"
+BIN="$dir/bin/confab"
+BENCH="$dir/bin/confab-bench"
+
+# ---------- services ----------
+eval "$(bash scripts/ensure-services.sh)"
+PG_ADMIN="$CONFAB_TEST_DATABASE_URL"
+REDIS_URL="$CONFAB_TEST_REDIS_URL"
+stamp=$(date +%Y%m%d%H%M%S)
+DB_NAME="confab_bench_$stamp"
+PREFIX="bench$stamp"
+psql "$PG_ADMIN" -qc "CREATE DATABASE \"$DB_NAME\"" >/dev/null
+# Same server, another database: replace the path of the admin URL.
+DB_URL=$(echo "$PG_ADMIN" | sed -E "s#^(postgres(ql)?://[^/]+)/[^?]*#\1/$DB_NAME#")
+
+# The fd limit bounds connections per process (sockets are fds).
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+FD_LIMIT=$(ulimit -n)
+
+node_pids=()
+cleanup() {
+  for pid in "${node_pids[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  for pid in "${node_pids[@]}"; do
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+  psql "$PG_ADMIN" -qc "DROP DATABASE IF EXISTS \"$DB_NAME\" WITH (FORCE)" >/dev/null 2>&1 || true
+  redis-cli -u "$REDIS_URL" --scan --pattern "$PREFIX*" 2>/dev/null |
+    xargs -r -n 500 redis-cli -u "$REDIS_URL" del >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
+tcp_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# A port nothing listens on (the nodes bind it right after).
+free_port() {
+  local p
+  while :; do
+    p=$((20000 + RANDOM % 12000))
+    tcp_open "$p" || { echo "$p"; return; }
+  done
+}
+
+# Status code of GET http://127.0.0.1:$1$2 ("" when nothing answers), without curl.
+http_status() {
+  (
+    exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 0
+    printf 'GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n' "$2" >&3
+    IFS=' ' read -r -t 3 _ code _ <&3 || true
+    echo "${code:-}"
+  ) 2>/dev/null
+}
+
+# Settings of every node: production defaults except the rate limits (raised so the benchmark
+# measures fan-out, not the limiter) and argon2's cost (256 KiB, 1 pass: setup registers
+# thousands of users; logins are not what is measured).
+NODE_ENV=(
+  CONFAB__DATABASE__URL="$DB_URL"
+  CONFAB__REDIS__URL="$REDIS_URL"
+  CONFAB__REDIS__KEY_PREFIX="$PREFIX"
+  CONFAB__CLUSTER__REPLICAS=2
+  CONFAB__LIMITS__FRAMES_PER_SEC=1000000
+  CONFAB__LIMITS__FRAMES_BURST=1000000
+  CONFAB__LIMITS__USER_SENDS_PER_SEC=1000000
+  CONFAB__LIMITS__USER_SENDS_BURST=1000000
+  CONFAB__AUTH__ARGON2_MEMORY_KIB=256
+  CONFAB__AUTH__ARGON2_ITERATIONS=1
+  CONFAB__LOG__LEVEL=warn
+)
+
+ports=()
+for i in 0 1; do
+  port=$(free_port)
+  ports+=("$port")
+  env "${NODE_ENV[@]}" CONFAB__SERVER__PORT="$port" CONFAB__NODE__ID="bench-n$i" \
+    "$BIN" >"$dir/node$i.log" 2>&1 &
+  node_pids+=("$!")
+  # Node 0 applies the migrations; wait for it before starting node 1.
+  for _ in $(seq 600); do
+    [ "$(http_status "$port" /readyz)" = 200 ] && break
+    kill -0 "${node_pids[$i]}" 2>/dev/null || die "node $i exited; see $dir/node$i.log"
+    sleep 0.1
+  done
+  [ "$(http_status "$port" /readyz)" = 200 ] || die "node $i never became ready; see $dir/node$i.log"
+done
+N0="http://127.0.0.1:${ports[0]}"
+N1="http://127.0.0.1:${ports[1]}"
+P0=${node_pids[0]}
+P1=${node_pids[1]}
+log "nodes up: $N0 (pid $P0), $N1 (pid $P1)"
+
+REDIS_PID=$(redis-cli -u "$REDIS_URL" info server 2>/dev/null | tr -d '\r' | awk -F: '/^process_id/{print $2}')
+PG_DATA=$(psql "$PG_ADMIN" -Atc "show data_directory" 2>/dev/null || true)
+PG_PID=$(head -n1 "$PG_DATA/postmaster.pid" 2>/dev/null || pgrep -o -x postgres || true)
+AUX=()
+[ -n "$REDIS_PID" ] && AUX+=("redis=$REDIS_PID")
+[ -n "$PG_PID" ] && AUX+=("postgres=$PG_PID")
+AUX_ARG=$(IFS=,; echo "${AUX[*]}")
+
+# Run one scenario: record the exact command, append its JSON lines to the results.
+run() {
+  echo "$*" | sed "s#$dir/bin/#target/release/#g; s#$root/##g" >>"$dir/commands.txt"
+  "$@" >>"$dir/results.jsonl"
+}
+
+if [ "$quick" = 1 ]; then
+  WARM=1; DUR=3; RATES="1000 10000"; PROFILE_RATES="2000"; RAMP_STEPS=2; IDLE_N=2000; HIST_N=20000; STORE_DUR=3
+else
+  WARM=3; DUR=15; RATES="1000 2000 5000 10000"; PROFILE_RATES="2000 10000"; RAMP_STEPS=8; IDLE_N=19000; HIST_N=1000000; STORE_DUR=10
+fi
+COMMON=(--nodes "$N0,$N1" --pids "$P0,$P1" --aux "$AUX_ARG" --metrics "$N0" "$N1")
+
+# ---------- fan-out at fixed rates (rooms of 10 over 2 nodes, 1,000 clients) ----------
+for rate in $RATES; do
+  log "fanout at $rate msgs/s"
+  run "$BENCH" fanout "${COMMON[@]}" --clients 1000 --room-size 10 --rate "$rate" \
+    --warmup "$WARM" --duration "$DUR" --label "fanout-$rate"
+done
+
+# ---------- durable store rate: rooms of 2, offered far beyond what can be stored ----------
+log "store rate"
+run "$BENCH" fanout "${COMMON[@]}" --clients 1000 --room-size 2 --rate 40000 \
+  --warmup 2 --duration "$STORE_DUR" --drain 2 --drain-max 5 --label "store-40000"
+
+# ---------- ramp: the loss-free ceiling ----------
+log "ramp"
+run "$BENCH" ramp "${COMMON[@]}" --clients 1000 --room-size 10 --start-rate 1000 \
+  --factor 1.5 --max-steps "$RAMP_STEPS" --refine 1 --warmup 2 --duration 8 --drain 5 --drain-max 30 \
+  --max-p99-ms 500 --label ramp
+
+# ---------- reconnect storm ----------
+log "storm"
+run "$BENCH" storm --nodes "$N0,$N1" --clients 1000 --room-size 10 --label storm
+
+# ---------- history paging on a huge thread ----------
+log "history ($HIST_N messages)"
+run "$BENCH" history --node "$N0" --db-url "$DB_URL" --messages "$HIST_N" --requests 2000 \
+  --label history
+
+# ---------- profile: where the nodes' CPU goes, at a rate they sustain and at 90k/s ----------
+profile_method="$dir/profile-method.md"
+PROFILE_ARGS=()
+if perf record -e cpu-clock -o "$dir/perf.check" -- true >/dev/null 2>&1; then
+  for rate in $PROFILE_RATES; do
+    log "profiling the nodes under fanout at $rate msgs/s"
+    label="profile-$rate"
+    "$BENCH" fanout "${COMMON[@]}" --clients 1000 --room-size 10 --rate "$rate" --warmup 8 \
+      --duration 12 --drain 5 --drain-max 20 --label "$label" \
+      >>"$dir/results.jsonl" 2>"$dir/$label.log" &
+    fan=$!
+    # Setup and connect take ~2 s; sample 10 s inside the 20 s of sending.
+    sleep 9
+    perf record -e cpu-clock -F 999 -g -p "$P0,$P1" -o "$dir/perf-$rate.data" -- sleep 10 \
+      >/dev/null 2>"$dir/perf-record-$rate.log" || true
+    wait "$fan" || true
+    cat "$dir/$label.log" >&2
+    {
+      echo "target/release/confab-bench fanout ${COMMON[*]} --clients 1000 --room-size 10 --rate $rate --warmup 8 --duration 12 --drain 5 --drain-max 20 --label $label &"
+      echo "sleep 9; perf record -e cpu-clock -F 999 -g -p $P0,$P1 -o perf-$rate.data -- sleep 10"
+      echo "perf report -i perf-$rate.data --no-children --sort dso,sym --stdio -g none --percent-limit 0.4"
+    } >>"$dir/commands.txt"
+    perf report -i "$dir/perf-$rate.data" --no-children --sort dso,sym --stdio -g none \
+      --percent-limit 0.4 2>/dev/null | grep -v '^#' | grep -v '^$' >"$dir/profile-$rate.txt" || true
+    PROFILE_ARGS+=(--profile "$label=$dir/profile-$rate.txt")
+  done
+  echo "Sampled with \`perf record -e cpu-clock -F 999 -g -p <both node pids>\` for 10 s in the \
+middle of a fanout (rooms of 10, 1,000 clients; runs \`profile-*\` in the tables above, whose \
+figures are disturbed by the sampling and are not used for the targets). The VM exposes no \
+hardware counters, so the samples come from the kernel's CPU clock." >"$profile_method"
+else
+  echo "\`perf\` cannot sample on this machine; the CPU split per process above (from /proc) is \
+the only profile." >"$profile_method"
+fi
+rm -f "$dir/perf.check"
+
+# ---------- idle connections (last: it leaves the node with the most memory) ----------
+log "idle: $IDLE_N connections to node 0 (fd limit $FD_LIMIT)"
+run "$BENCH" idle --node "$N0" --pid "$P0" --connections "$IDLE_N" --users "$IDLE_N" \
+  --room-size 10 --concurrency 256 --hold 5 --metrics "$N0" --aux "$AUX_ARG" --label idle
+
+# ---------- the report ----------
+{
+  echo "| | |"
+  echo "|---|---|"
+  echo "| CPU | $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) cores available |"
+  echo "| memory | $(awk '/MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo) |"
+  echo "| kernel | $(uname -sr) |"
+  echo "| fd limit per process | $FD_LIMIT |"
+  echo "| Postgres | $(psql "$PG_ADMIN" -Atc 'show server_version' 2>/dev/null), fsync=$(psql "$PG_ADMIN" -Atc 'show fsync' 2>/dev/null), synchronous_commit=$(psql "$PG_ADMIN" -Atc 'show synchronous_commit' 2>/dev/null) |"
+  echo "| Redis | $(redis-cli -u "$REDIS_URL" info server 2>/dev/null | tr -d '\r' | awk -F: '/^redis_version/{print $2}') |"
+  echo "| Rust | $(rustc --version) |"
+  echo "| commit | $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet 2>/dev/null || echo ' (with uncommitted changes)') |"
+  echo "| date | $(date -u '+%Y-%m-%d %H:%M UTC') |"
+  echo
+  echo "Two release \`confab\` nodes (\`cargo build --release\`), default settings except:"
+  echo "rate limits raised (\`CONFAB__LIMITS__FRAMES_PER_SEC\`, \`FRAMES_BURST\`, \`USER_SENDS_PER_SEC\`,"
+  echo "\`USER_SENDS_BURST\` = 1,000,000) so the benchmark measures fan-out rather than the limiter,"
+  echo "and \`CONFAB__AUTH__ARGON2_MEMORY_KIB=256\`, \`ARGON2_ITERATIONS=1\` so that registering"
+  echo "thousands of benchmark users is quick (no figure below involves password hashing)."
+  echo "Postgres and Redis are the shared instances of \`scripts/ensure-services.sh\`; other"
+  echo "work on the machine during the run shows up as \"other\" in the CPU split."
+} >"$dir/machine.md"
+
+"$BENCH" report --results "$dir/results.jsonl" --machine "$dir/machine.md" \
+  --commands "$dir/commands.txt" --profile-method "$profile_method" \
+  "${PROFILE_ARGS[@]}" --out "$out"
+log "wrote $out"
