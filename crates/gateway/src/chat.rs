@@ -9,7 +9,7 @@ use crate::envelope::{ControlEvent, Envelope};
 use crate::error::{Error, Result};
 use crate::keys::Keys;
 use crate::metrics::Metrics;
-use confab_persistence::{SendOutcome, Store};
+use confab_persistence::{SendBatcher, SendOutcome, Store};
 use confab_protocol::api::CreateThread;
 use confab_protocol::{Message, ServerFrame, Thread, ThreadId, UserId, UserRef};
 use std::sync::Arc;
@@ -24,6 +24,8 @@ mod rooms;
 pub struct Chat {
     /// The database.
     pub store: Store,
+    /// Group commit of sends (Postgres); `None` stores each send on its own (SQLite).
+    batcher: Option<SendBatcher>,
     broker: Arc<dyn Broker>,
     directory: Arc<dyn Directory>,
     keys: Keys,
@@ -36,6 +38,7 @@ impl Chat {
     /// Assemble the service.
     pub fn new(
         store: Store,
+        batcher: Option<SendBatcher>,
         broker: Arc<dyn Broker>,
         directory: Arc<dyn Directory>,
         keys: Keys,
@@ -44,6 +47,7 @@ impl Chat {
     ) -> Self {
         Self {
             store,
+            batcher,
             broker,
             directory,
             keys,
@@ -75,10 +79,14 @@ impl Chat {
         }
         self.check_body(body)?;
         let started = Instant::now();
-        let outcome = self
-            .store
-            .send_message(thread, sender, client_msg_id, body)
-            .await?;
+        let outcome = match &self.batcher {
+            Some(b) => b.send(thread, sender, client_msg_id, body).await?,
+            None => {
+                self.store
+                    .send_message(thread, sender, client_msg_id, body)
+                    .await?
+            }
+        };
         self.metrics
             .store_latency
             .observe(started.elapsed().as_secs_f64());

@@ -76,6 +76,13 @@ pub struct DatabaseSettings {
     pub acquire_timeout_ms: u64,
     /// Apply migrations at start-up (off when a Kubernetes Job runs them).
     pub migrate_on_start: bool,
+    /// Writer tasks that group-commit sends (Postgres); each holds one connection while it
+    /// commits a batch.
+    pub send_writers: usize,
+    /// Most sends stored by one group commit.
+    pub send_batch_max: usize,
+    /// Sends waiting for a writer before senders wait for room (backpressure).
+    pub send_queue: usize,
 }
 
 /// Redis connection.

@@ -13,7 +13,7 @@ use crate::ratelimit::TokenBucket;
 use crate::state::AppState;
 use actix_web::dev::{Server, ServerHandle, Service};
 use actix_web::{web, App, HttpServer};
-use confab_persistence::{Store, StoreOptions};
+use confab_persistence::{SendBatcher, Store, StoreOptions};
 use confab_protocol::CloseReason;
 use secrecy::ExposeSecret;
 use std::net::TcpListener;
@@ -115,8 +115,18 @@ impl Application {
             memory_backends(&settings, &keys, &inbound)
         };
         hub.set_broker(broker.clone());
+        // Group commit needs concurrent writers; SQLite has one writer and stores sends one by one.
+        let batcher = (store.backend() == confab_persistence::Backend::Postgres).then(|| {
+            SendBatcher::start(
+                store.clone(),
+                settings.database.send_writers,
+                settings.database.send_batch_max,
+                settings.database.send_queue,
+            )
+        });
         let chat = Chat::new(
             store.clone(),
+            batcher,
             broker.clone(),
             directory,
             keys.clone(),
@@ -193,6 +203,13 @@ impl Application {
                 .default_service(web::to(|| async {
                     Err::<actix_web::HttpResponse, _>(Error::NotFound("route"))
                 }))
+        })
+        // Frames are small and latency-bound: without TCP_NODELAY, Nagle's algorithm holds a
+        // frame back until the client's delayed ACK (up to 40 ms on Linux).
+        .on_connect(|conn, _ext| {
+            if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+                let _ = tcp.set_nodelay(true);
+            }
         })
         .workers(workers)
         .backlog(settings.server.backlog)

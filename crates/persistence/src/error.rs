@@ -69,8 +69,10 @@ fn is_unavailable_sqlx(e: &sea_orm::sqlx::Error) -> bool {
         S::Database(db) => {
             // Postgres admin shutdown / cannot connect now / crash shutdown (class 57P) and
             // connection exceptions (class 08).
+            // ... and transaction rollbacks (class 40: deadlock, serialization), which a retry
+            // resolves.
             db.code()
-                .map(|c| c.starts_with("57P") || c.starts_with("08"))
+                .map(|c| c.starts_with("57P") || c.starts_with("08") || c.starts_with("40"))
                 .unwrap_or(false)
         }
         _ => false,

@@ -5,6 +5,7 @@
 //! values and returns protocol types or plain rows.
 
 mod edits;
+mod batch;
 pub mod entity;
 mod error;
 mod messages;
@@ -17,6 +18,7 @@ mod thread_list;
 mod threads;
 mod users;
 
+pub use batch::SendBatcher;
 pub use error::{Error, Result};
 pub use messages::{EditOutcome, SendOutcome};
 pub use reactions::ReactOutcome;

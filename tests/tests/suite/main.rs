@@ -11,3 +11,4 @@ mod hostile;
 mod ops;
 mod outages;
 mod presence;
+mod storage;

@@ -1,0 +1,128 @@
+//! Storing under concurrency: many clients send at once (on Postgres the sends are
+//! group-committed), with retries and strangers mixed in. Every thread's `seq` stays 1..n
+//! without gaps, each ack names the row that history returns, retries store nothing twice.
+
+use confab_tests::{both_backends, Backend, Cluster};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap};
+
+both_backends!(
+    concurrent_sends_keep_seq_gap_free_and_idempotent,
+    |b: Backend| async move {
+        let c = Cluster::start_with(b, 2, |s| {
+            s.limits.frames_per_sec = 100_000.0;
+            s.limits.frames_burst = 100_000.0;
+            s.limits.user_sends_per_sec = 100_000.0;
+            s.limits.user_sends_burst = 100_000.0;
+        })
+        .await;
+        let mut users = Vec::new();
+        for i in 0..12 {
+            users.push(c.user(&format!("w{i}")).await);
+        }
+        let (_stranger, st) = c.user("stranger").await;
+        let refs: Vec<&confab_protocol::UserRef> = users[1..].iter().map(|(u, _)| u).collect();
+        let t1 = c
+            .http(0)
+            .create_thread(&users[0].1, &refs, Some("busy one"))
+            .await;
+        let t2 = c
+            .http(0)
+            .create_thread(&users[0].1, &refs, Some("busy two"))
+            .await;
+
+        const PER_CLIENT: usize = 25;
+        let mut tasks = Vec::new();
+        for (i, (_u, token)) in users.iter().enumerate() {
+            let mut ws = c.ws(i, token).await;
+            tasks.push(tokio::spawn(async move {
+            // Pipeline every send (and a retry of every fifth one) without waiting.
+            for k in 0..PER_CLIENT {
+                let t = if k % 2 == 0 { t1 } else { t2 };
+                let f = json!({"type":"send","req":format!("q{k}"),"thread_id":t,"client_msg_id":format!("m{i}-{k}"),"body":format!("{i}/{k}")});
+                ws.send_json(f.clone()).await;
+                if k % 5 == 0 {
+                    let mut again = f;
+                    again["req"] = json!(format!("retry{k}"));
+                    ws.send_json(again).await;
+                }
+            }
+            let expected = PER_CLIENT + PER_CLIENT.div_ceil(5);
+            let mut acks: Vec<Value> = Vec::new();
+            while acks.len() < expected {
+                let f = ws.recv_until(|f| f["type"] == "ack" || f["type"] == "error").await;
+                assert_eq!(f["type"], "ack", "{f}");
+                acks.push(f);
+            }
+            acks
+        }));
+        }
+        let mut stranger_ws = c.ws(1, &st).await;
+        let refused = stranger_ws.send_msg(t1, "nope", "let me in").await;
+        assert_eq!(refused["code"], "not_member");
+
+        // client_msg_id -> (thread, seq, id) from first acks; retries must agree.
+        let mut by_cid: HashMap<String, (String, i64, String)> = HashMap::new();
+        let mut per_thread: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+        for t in tasks {
+            for a in t.await.unwrap_or_else(|e| panic!("{e}")) {
+                let cid = a["client_msg_id"].as_str().unwrap_or_default().to_owned();
+                let entry = (
+                    a["thread_id"].as_str().unwrap_or_default().to_owned(),
+                    a["seq"].as_i64().unwrap_or(0),
+                    a["id"].as_str().unwrap_or_default().to_owned(),
+                );
+                match by_cid.get(&cid) {
+                    Some(prev) => assert_eq!(prev, &entry, "a retry of {cid} got another answer"),
+                    None => {
+                        per_thread.entry(entry.0.clone()).or_default().push(entry.1);
+                        by_cid.insert(cid, entry);
+                    }
+                }
+            }
+        }
+        assert_eq!(by_cid.len(), users.len() * PER_CLIENT);
+        for (t, mut seqs) in per_thread {
+            seqs.sort();
+            let n = seqs.len() as i64;
+            assert_eq!(
+                seqs,
+                (1..=n).collect::<Vec<_>>(),
+                "thread {t}: seqs not 1..{n}"
+            );
+            // History agrees with the acks.
+            let mut before = None::<i64>;
+            let mut stored = Vec::new();
+            loop {
+                let path = match before {
+                    Some(b) => format!("/api/v1/threads/{t}/messages?limit=100&before_seq={b}"),
+                    None => format!("/api/v1/threads/{t}/messages?limit=100"),
+                };
+                let (s, page) = c.http(1).get(&path, Some(&users[0].1)).await;
+                assert_eq!(s, 200, "{page}");
+                for m in page["messages"].as_array().cloned().unwrap_or_default() {
+                    stored.push((
+                        m["client_msg_id"].as_str().unwrap_or_default().to_owned(),
+                        m["seq"].as_i64().unwrap_or(0),
+                        m["id"].as_str().unwrap_or_default().to_owned(),
+                    ));
+                }
+                match page["next_before_seq"].as_i64() {
+                    Some(b) => before = Some(b),
+                    None => break,
+                }
+            }
+            assert_eq!(
+                stored.len() as i64,
+                n,
+                "thread {t}: history has {} rows",
+                stored.len()
+            );
+            for (cid, seq, id) in stored {
+                let ack = &by_cid[&cid];
+                assert_eq!((ack.1, ack.2.as_str()), (seq, id.as_str()), "{cid}");
+            }
+        }
+        c.stop().await;
+    }
+);
