@@ -42,7 +42,11 @@ impl SendBatcher {
                 let mut batch = Vec::with_capacity(max_batch);
                 loop {
                     // One writer at a time takes what is queued; the others are committing.
-                    let n = rx.lock().await.recv_many(&mut batch, max_batch.max(1)).await;
+                    let n = rx
+                        .lock()
+                        .await
+                        .recv_many(&mut batch, max_batch.max(1))
+                        .await;
                     if n == 0 {
                         return;
                     }

@@ -4,8 +4,8 @@
 //! nothing installed). It must never know about actix, Redis or WebSockets: it takes ids and
 //! values and returns protocol types or plain rows.
 
-mod edits;
 mod batch;
+mod edits;
 pub mod entity;
 mod error;
 mod messages;
