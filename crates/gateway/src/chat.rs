@@ -264,7 +264,7 @@ impl Chat {
         self.store.remove_member(thread, caller).await?;
         if let Err(e) = self.directory.remove_member(thread, caller).await {
             tracing::warn!(error = %e, "directory update failed");
-            let _ = self.directory.forget_user(caller).await;
+            self.forget_until_done(caller);
         }
         let frame = ServerFrame::MemberLeft {
             thread_id: thread,
@@ -291,6 +291,22 @@ impl Chat {
         Ok(threads)
     }
 
+    /// After a failed mirror write, make the user's mirror entry cold (so the next connect
+    /// reads the database), retrying in the background while Redis is unreachable: a mirror
+    /// missing a thread would keep the user's new sessions out of it.
+    fn forget_until_done(&self, user: UserId) {
+        let directory = self.directory.clone();
+        tokio::spawn(async move {
+            for _ in 0..60 {
+                if directory.forget_user(user).await.is_ok() {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            tracing::warn!(%user, "could not invalidate the membership mirror");
+        });
+    }
+
     /// `NotMember` unless `user` is a member of `thread`.
     pub async fn require_member(&self, thread: ThreadId, user: UserId) -> Result<()> {
         if self.store.is_member(thread, user).await? {
@@ -304,7 +320,7 @@ impl Chat {
         if let Err(e) = self.directory.add_members(thread.id, users).await {
             tracing::warn!(error = %e, "directory update failed");
             for u in users {
-                let _ = self.directory.forget_user(*u).await;
+                self.forget_until_done(*u);
             }
         }
         let frame = ServerFrame::ThreadCreated {

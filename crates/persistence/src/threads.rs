@@ -270,6 +270,36 @@ impl Store {
         Ok(out)
     }
 
+    /// `(thread, last_seq)` for the threads in `ids` that `user` is a member of — the check
+    /// that makes a stale membership mirror harmless.
+    pub async fn member_thread_heads(
+        &self,
+        user: UserId,
+        ids: &[ThreadId],
+    ) -> Result<Vec<(ThreadId, i64)>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(500) {
+            let rows: Vec<(uuid::Uuid, i64)> = thread::Entity::find()
+                .select_only()
+                .column(thread::Column::Id)
+                .column(thread::Column::LastSeq)
+                .join_rev(
+                    JoinType::InnerJoin,
+                    thread_member::Entity::belongs_to(thread::Entity)
+                        .from(thread_member::Column::ThreadId)
+                        .to(thread::Column::Id)
+                        .into(),
+                )
+                .filter(thread_member::Column::UserId.eq(user.0))
+                .filter(thread::Column::Id.is_in(chunk.iter().map(|t| t.0)))
+                .into_tuple()
+                .all(&self.db)
+                .await?;
+            out.extend(rows.into_iter().map(|(id, seq)| (ThreadId(id), seq)));
+        }
+        Ok(out)
+    }
+
     /// The raw thread row.
     pub async fn thread_row(&self, id: ThreadId) -> Result<thread::Model> {
         thread::Entity::find_by_id(id.0)

@@ -8,6 +8,7 @@ mod faults;
 mod features;
 mod foundation;
 mod hostile;
+mod membership;
 mod ops;
 mod outages;
 mod presence;

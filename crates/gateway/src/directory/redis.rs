@@ -1,6 +1,7 @@
 //! Redis membership mirror: `threads:{user}` and `members:{thread}` sets. A user's set carries
 //! a `-` sentinel once warmed from Postgres, so "no threads" and "unknown" differ; it expires
-//! after an hour so any drift is bounded.
+//! after an hour so any drift is bounded. Sessions read it at connect; the database check that
+//! follows (`Hub::join`) drops stale entries, so the mirror can be early but never wrong.
 
 use super::{Directory, DirectoryError};
 use crate::keys::Keys;
@@ -92,10 +93,11 @@ impl Directory for RedisDirectory {
         let mut members: Vec<String> = threads.iter().map(|t| t.to_string()).collect();
         members.push(SENTINEL.into());
         let mut conn = self.conn().await?;
+        // A union, not a replacement: an add that lands between our database read and this
+        // write must not be wiped. Extra (stale) entries are harmless — joins verify
+        // membership against the database — and the TTL bounds how long they linger.
         redis::pipe()
             .atomic()
-            .del(&key)
-            .ignore()
             .sadd(&key, members)
             .ignore()
             .expire(&key, WARM_TTL_SECS)
