@@ -119,17 +119,34 @@ impl Store {
         token_hash: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<(UserRef, DateTime<Utc>)>> {
-        let Some(tok) = auth_token::Entity::find_by_id(token_hash.to_owned())
+        // One round trip: every WebSocket connect and HTTP request runs this.
+        let row: Option<(uuid::Uuid, String, DateTime<Utc>)> = auth_token::Entity::find()
+            .select_only()
+            .column_as(user::Column::Id, "id")
+            .column_as(user::Column::Username, "username")
+            .column_as(auth_token::Column::ExpiresAt, "expires_at")
+            .join(
+                sea_orm::JoinType::InnerJoin,
+                auth_token::Entity::belongs_to(user::Entity)
+                    .from(auth_token::Column::UserId)
+                    .to(user::Column::Id)
+                    .into(),
+            )
+            .filter(auth_token::Column::TokenHash.eq(token_hash))
+            .filter(auth_token::Column::RevokedAt.is_null())
+            .filter(auth_token::Column::ExpiresAt.gt(now))
+            .into_tuple()
             .one(&self.db)
-            .await?
-        else {
-            return Ok(None);
-        };
-        if tok.revoked_at.is_some() || tok.expires_at <= now {
-            return Ok(None);
-        }
-        let user = user::Entity::find_by_id(tok.user_id).one(&self.db).await?;
-        Ok(user.map(|u| (to_ref(u), tok.expires_at)))
+            .await?;
+        Ok(row.map(|(id, username, expires_at)| {
+            (
+                UserRef {
+                    id: UserId(id),
+                    username,
+                },
+                expires_at,
+            )
+        }))
     }
 
     /// Revoke a token (log out). `NotFound` when there is no such live token.
