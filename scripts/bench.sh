@@ -124,14 +124,47 @@ PG_DATA=$(psql "$PG_ADMIN" -Atc "show data_directory" 2>/dev/null || true)
 PG_PID=$(head -n1 "$PG_DATA/postmaster.pid" 2>/dev/null || pgrep -o -x postgres || true)
 AUX=()
 [ -n "$REDIS_PID" ] && AUX+=("redis=$REDIS_PID")
-[ -n "$PG_PID" ] && AUX+=("postgres=$PG_PID")
+# Only the backends serving the bench database: other work on the shared server is not ours.
+[ -n "$PG_PID" ] && AUX+=("postgres=$PG_PID@$DB_NAME")
 AUX_ARG=$(IFS=,; echo "${AUX[*]}")
+
+# Before each scenario, let the machine calm down after the previous one (bounded): the nodes
+# finish cleaning up closed sessions, Postgres its vacuum, so no run pays for the one before.
+settle() {
+  local i b
+  for i in $(seq 20); do
+    b=$(busy_cpus)
+    awk -v b="$b" 'BEGIN{exit !(b > 0.3)}' || return 0
+  done
+  log "machine still busy ($b CPUs) after 60 s; going on"
+}
 
 # Run one scenario: record the exact command, append its JSON lines to the results.
 run() {
+  settle
   echo "$*" | sed "s#$dir/bin/#target/release/#g; s#$root/##g" >>"$dir/commands.txt"
   "$@" >>"$dir/results.jsonl"
 }
+
+# Busy CPUs over the next 3 s (the whole machine, from /proc/stat).
+busy_cpus() {
+  local a b
+  a=$(awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $5+$6}' /proc/stat)
+  sleep 3
+  b=$(awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $5+$6}' /proc/stat)
+  echo "$a $b" | awk '{printf "%.2f", ($3-$1)/300}'
+}
+# Other work on the machine distorts every figure: wait (bounded) for it to calm down.
+quiet_wait="${BENCH_QUIET_WAIT:-300}"
+waited=0
+background=$(busy_cpus)
+while awk -v b="$background" 'BEGIN{exit !(b > 0.3)}' && [ "$waited" -lt "$quiet_wait" ]; do
+  log "machine busy ($background CPUs in use by other work); waiting for it to calm down"
+  sleep 10
+  waited=$((waited + 13))
+  background=$(busy_cpus)
+done
+log "background load before the run: $background CPUs busy"
 
 if [ "$quick" = 1 ]; then
   WARM=1; DUR=3; RATES="1000 10000"; PROFILE_RATES="2000"; RAMP_STEPS=2; IDLE_N=2000; HIST_N=20000; STORE_DUR=3
@@ -139,6 +172,12 @@ else
   WARM=3; DUR=15; RATES="1000 2000 5000 10000"; PROFILE_RATES="2000 10000"; RAMP_STEPS=8; IDLE_N=19000; HIST_N=1000000; STORE_DUR=10
 fi
 COMMON=(--nodes "$N0,$N1" --pids "$P0,$P1" --aux "$AUX_ARG" --metrics "$N0" "$N1")
+
+# ---------- idle connections, first: node 0's heap is fresh (users are registered through
+# node 1), so no freed memory of earlier runs flatters the per-connection figure ----------
+log "idle: $IDLE_N connections to node 0 (fd limit $FD_LIMIT)"
+run "$BENCH" idle --node "$N0" --setup-node "$N1" --pid "$P0" --connections "$IDLE_N" --users "$IDLE_N" \
+  --room-size 10 --concurrency 256 --hold 5 --metrics "$N0" --aux "$AUX_ARG" --label idle
 
 # ---------- fan-out at fixed rates (rooms of 10 over 2 nodes, 1,000 clients) ----------
 for rate in $RATES; do
@@ -172,6 +211,7 @@ profile_method="$dir/profile-method.md"
 PROFILE_ARGS=()
 if perf record -e cpu-clock -o "$dir/perf.check" -- true >/dev/null 2>&1; then
   for rate in $PROFILE_RATES; do
+    settle
     log "profiling the nodes under fanout at $rate msgs/s"
     label="profile-$rate"
     "$BENCH" fanout "${COMMON[@]}" --clients 1000 --room-size 10 --rate "$rate" --warmup 8 \
@@ -203,11 +243,6 @@ the only profile." >"$profile_method"
 fi
 rm -f "$dir/perf.check"
 
-# ---------- idle connections (last: it leaves the node with the most memory) ----------
-log "idle: $IDLE_N connections to node 0 (fd limit $FD_LIMIT)"
-run "$BENCH" idle --node "$N0" --pid "$P0" --connections "$IDLE_N" --users "$IDLE_N" \
-  --room-size 10 --concurrency 256 --hold 5 --metrics "$N0" --aux "$AUX_ARG" --label idle
-
 # ---------- the report ----------
 {
   echo "| | |"
@@ -216,6 +251,7 @@ run "$BENCH" idle --node "$N0" --pid "$P0" --connections "$IDLE_N" --users "$IDL
   echo "| memory | $(awk '/MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo) |"
   echo "| kernel | $(uname -sr) |"
   echo "| fd limit per process | $FD_LIMIT |"
+  echo "| other work on the machine before the run | $background CPUs busy (waited ${waited} s for it to calm down) |"
   echo "| Postgres | $(psql "$PG_ADMIN" -Atc 'show server_version' 2>/dev/null), fsync=$(psql "$PG_ADMIN" -Atc 'show fsync' 2>/dev/null), synchronous_commit=$(psql "$PG_ADMIN" -Atc 'show synchronous_commit' 2>/dev/null) |"
   echo "| Redis | $(redis-cli -u "$REDIS_URL" info server 2>/dev/null | tr -d '\r' | awk -F: '/^redis_version/{print $2}') |"
   echo "| Rust | $(rustc --version) |"
@@ -228,7 +264,8 @@ run "$BENCH" idle --node "$N0" --pid "$P0" --connections "$IDLE_N" --users "$IDL
   echo "and \`CONFAB__AUTH__ARGON2_MEMORY_KIB=256\`, \`ARGON2_ITERATIONS=1\` so that registering"
   echo "thousands of benchmark users is quick (no figure below involves password hashing)."
   echo "Postgres and Redis are the shared instances of \`scripts/ensure-services.sh\`; other"
-  echo "work on the machine during the run shows up as \"other\" in the CPU split."
+  echo "work on the machine during the run (other databases, other tests) shows up as \"other\""
+  echo "in the CPU split, and distorts the figures by that much."
 } >"$dir/machine.md"
 
 "$BENCH" report --results "$dir/results.jsonl" --machine "$dir/machine.md" \

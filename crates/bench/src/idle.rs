@@ -21,6 +21,9 @@ use std::time::{Duration, Instant};
 pub struct IdleConfig {
     /// The node.
     pub node: Node,
+    /// Register users and create rooms through this node instead (so the measured node's heap
+    /// holds no setup garbage for connections to reuse).
+    pub setup_node: Option<Node>,
     /// Its pid (for RSS); without it only the connect rate is measured.
     pub pid: Option<u32>,
     /// Connections to open.
@@ -74,6 +77,11 @@ pub struct IdleReport {
     pub rss_after_kib: u64,
     /// (after − before) ÷ connections, KiB.
     pub rss_per_conn_kib: f64,
+    /// Node RSS with half the connections open, KiB.
+    pub rss_half_kib: u64,
+    /// (after − half) ÷ the second half's connections: the marginal cost of one more
+    /// connection, KiB.
+    pub rss_marginal_kib: f64,
     /// Connections that closed during the hold.
     pub closed_during_hold: u64,
     /// CPU of the node and the helpers during the connect phase.
@@ -89,7 +97,8 @@ impl IdleReport {
     pub fn summary(&self) -> String {
         format!(
             "idle[{}]: {} connections ({} users, {} sources) in {:.2} s = {:.0} connects/s; \
-             node RSS {} → {} KiB = {:.2} KiB per connection; {} closed during hold",
+             node RSS {} → {} KiB = {:.2} KiB per connection ({:.2} KiB marginal); {} closed \
+             during hold",
             self.label,
             self.connections,
             self.users,
@@ -99,9 +108,15 @@ impl IdleReport {
             self.rss_before_kib,
             self.rss_after_kib,
             self.rss_per_conn_kib,
+            self.rss_marginal_kib,
             self.closed_during_hold
         )
     }
+}
+
+async fn read_until_closed(mut ws: WsStream, closed: Arc<AtomicU64>) {
+    while let Some(Ok(_)) = ws.next().await {}
+    closed.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Run the idle scenario.
@@ -121,7 +136,7 @@ pub async fn run(cfg: &IdleConfig) -> Result<IdleReport> {
     let started = Instant::now();
     let fleet = Fleet::build(
         &api,
-        vec![cfg.node.clone()],
+        vec![cfg.setup_node.clone().unwrap_or_else(|| cfg.node.clone())],
         &FleetSpec {
             users,
             room_size: cfg.room_size,
@@ -145,15 +160,19 @@ pub async fn run(cfg: &IdleConfig) -> Result<IdleReport> {
             name: "node0".into(),
             pid,
             tree: false,
+            filter: None,
         })
         .into_iter()
         .collect();
     watched.extend(cfg.aux.iter().cloned());
-    let cpu_a = procstat::snapshot(&watched);
-    let started = Instant::now();
-    let results: Vec<std::result::Result<WsStream, conn::ConnectError>> =
-        futures_util::stream::iter(0..cfg.connections)
-            .map(|i| {
+    let closed = Arc::new(AtomicU64::new(0));
+    let open = |range: std::ops::Range<usize>| {
+        let retried = retried.clone();
+        let closed = closed.clone();
+        let sources = &sources;
+        let fleet = &fleet;
+        futures_util::stream::iter(range)
+            .map(move |i| {
                 let user = &fleet.users[i % users];
                 let opts = ConnectOpts {
                     source: sources.get(i / per_source).copied(),
@@ -163,41 +182,56 @@ pub async fn run(cfg: &IdleConfig) -> Result<IdleReport> {
                 let node = cfg.node.clone();
                 let token = user.token.clone();
                 let retried = retried.clone();
+                let closed = closed.clone();
                 async move {
                     let (ws, _, refused) =
                         conn::connect_retrying(&node, &token, &opts, deadline).await?;
                     retried.fetch_add(u64::from(refused), Ordering::Relaxed);
-                    Ok(ws)
+                    // A reader from the start, as a real idle client has: unread pings and
+                    // presence events would sit in the node's buffers and inflate its memory.
+                    Ok::<_, conn::ConnectError>(tokio::spawn(read_until_closed(ws, closed)))
                 }
             })
             .buffer_unordered(cfg.concurrency.max(1))
-            .collect()
-            .await;
-    let connect_s = started.elapsed().as_secs_f64();
-    let connect_cpu = CpuWindow::between(&watched, &cpu_a, &procstat::snapshot(&watched));
-    let mut streams = Vec::with_capacity(results.len());
-    for r in results {
-        streams.push(r.map_err(|e| BenchError::Ws(e.to_string()))?);
+            .collect::<Vec<_>>()
+    };
+    // Two halves: the second half's growth is the marginal cost of a connection, free of the
+    // heap the setup left behind (which the first connections reuse).
+    let half = cfg.connections / 2;
+    let cpu_a = procstat::snapshot(&watched);
+    let started = Instant::now();
+    let mut results = open(0..half).await;
+    let first_s = started.elapsed().as_secs_f64();
+    let cpu_b = procstat::snapshot(&watched);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let rss_half = cfg.pid.and_then(|p| procstat::rss_kib(p).ok()).unwrap_or(0);
+    let cpu_c = procstat::snapshot(&watched);
+    let started = Instant::now();
+    results.extend(open(half..cfg.connections).await);
+    let connect_s = first_s + started.elapsed().as_secs_f64();
+    let cpu_d = procstat::snapshot(&watched);
+    let mut connect_cpu = CpuWindow::between(&watched, &cpu_a, &cpu_b);
+    let second = CpuWindow::between(&watched, &cpu_c, &cpu_d);
+    for (p, q) in connect_cpu.processes.iter_mut().zip(&second.processes) {
+        p.cpu_s = round(p.cpu_s + q.cpu_s, 2);
+        p.rss_kib = q.rss_kib;
     }
-    // Each connection gets a reader so the server's pings are answered during the hold.
-    let closed = Arc::new(AtomicU64::new(0));
-    let tasks: Vec<_> = streams
-        .into_iter()
-        .map(|mut ws| {
-            let closed = closed.clone();
-            tokio::spawn(async move {
-                loop {
-                    match ws.next().await {
-                        Some(Ok(_)) => continue,
-                        _ => {
-                            closed.fetch_add(1, Ordering::Relaxed);
-                            break;
-                        }
-                    }
-                }
-            })
-        })
-        .collect();
+    connect_cpu.bench_cpu_s = round(connect_cpu.bench_cpu_s + second.bench_cpu_s, 2);
+    connect_cpu.machine_cpu_s = round(connect_cpu.machine_cpu_s + second.machine_cpu_s, 2);
+    let mut tasks = Vec::with_capacity(results.len());
+    let mut failure = None;
+    for r in results {
+        match r {
+            Ok(t) => tasks.push(t),
+            Err(e) => failure = Some(e),
+        }
+    }
+    if let Some(e) = failure {
+        for t in tasks {
+            t.abort();
+        }
+        return Err(BenchError::Ws(e.to_string()));
+    }
     tokio::time::sleep(cfg.hold).await;
     let rss_after = cfg.pid.and_then(|p| procstat::rss_kib(p).ok()).unwrap_or(0);
     let scrape_b = scrape::scrape_all(api.client(), &cfg.metrics).await;
@@ -222,6 +256,15 @@ pub async fn run(cfg: &IdleConfig) -> Result<IdleReport> {
         rss_after_kib: rss_after,
         rss_per_conn_kib: if cfg.pid.is_some() {
             round(rss_after.saturating_sub(rss_before) as f64 / n as f64, 3)
+        } else {
+            0.0
+        },
+        rss_half_kib: rss_half,
+        rss_marginal_kib: if cfg.pid.is_some() && n > half {
+            round(
+                rss_after.saturating_sub(rss_half) as f64 / (n - half) as f64,
+                3,
+            )
         } else {
             0.0
         },

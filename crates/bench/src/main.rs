@@ -123,6 +123,10 @@ struct IdleArgs {
     /// The node's PID (for RSS).
     #[arg(long)]
     pid: Option<u32>,
+    /// Register the users through this node instead (keeps setup garbage out of the measured
+    /// node's heap).
+    #[arg(long)]
+    setup_node: Option<String>,
     /// Connections to open.
     #[arg(long, default_value_t = 10_000)]
     connections: usize,
@@ -300,6 +304,7 @@ async fn run(cmd: Cmd) -> Result<()> {
         Cmd::Idle(a) => {
             let cfg = IdleConfig {
                 node: Node::parse(&a.node)?,
+                setup_node: a.setup_node.as_deref().map(Node::parse).transpose()?,
                 pid: a.pid,
                 connections: a.connections,
                 users: if a.users == 0 { a.connections } else { a.users },

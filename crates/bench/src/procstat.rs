@@ -43,6 +43,18 @@ pub fn cpu_ticks(pid: u32) -> Result<u64> {
 
 /// CPU ticks of a process and all its descendants (plus children already reaped).
 pub fn tree_cpu_ticks(root: u32) -> Result<u64> {
+    tree_cpu_ticks_matching(root, None)
+}
+
+fn cmdline(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+/// CPU ticks of the descendants of `root` whose command line contains `filter` (Postgres
+/// names each backend after its database), or of the whole tree when `filter` is `None`.
+pub fn tree_cpu_ticks_matching(root: u32, filter: Option<&str>) -> Result<u64> {
     let root_stat = read_stat(root)?;
     let mut children: HashMap<u32, Vec<(u32, u64)>> = HashMap::new();
     for entry in std::fs::read_dir("/proc")?.flatten() {
@@ -57,12 +69,17 @@ pub fn tree_cpu_ticks(root: u32) -> Result<u64> {
             children.entry(s.ppid).or_default().push((pid, s.own));
         }
     }
-    let mut total = root_stat.own + root_stat.children;
+    let mut total = match filter {
+        None => root_stat.own + root_stat.children,
+        Some(_) => 0,
+    };
     let mut stack = vec![root];
     while let Some(p) = stack.pop() {
         if let Some(kids) = children.get(&p) {
             for &(kid, ticks) in kids {
-                total += ticks;
+                if filter.is_none_or(|f| cmdline(kid).contains(f)) {
+                    total += ticks;
+                }
                 stack.push(kid);
             }
         }
@@ -107,11 +124,18 @@ pub struct Watched {
     pub pid: u32,
     /// Sum the whole process tree.
     pub tree: bool,
+    /// With `tree`: only descendants whose command line contains this.
+    pub filter: Option<String>,
 }
 
 impl Watched {
-    /// Parse `name=pid` (or a bare pid, named `pid<N>`).
+    /// Parse `name=pid` (or a bare pid, named `pid<N>`); with `tree`, `name=pid@text` sums
+    /// only the descendants whose command line contains `text`.
     pub fn parse(s: &str, tree: bool) -> Result<Watched> {
+        let (s, filter) = match s.split_once('@') {
+            Some((s, f)) if tree && !f.is_empty() => (s, Some(f.to_owned())),
+            _ => (s, None),
+        };
         let (name, pid) = match s.split_once('=') {
             Some((n, p)) => (n.to_owned(), p),
             None => (format!("pid{s}"), s),
@@ -120,13 +144,18 @@ impl Watched {
             .trim()
             .parse()
             .map_err(|_| BenchError::Invalid(format!("not a pid: {s}")))?;
-        Ok(Watched { name, pid, tree })
+        Ok(Watched {
+            name,
+            pid,
+            tree,
+            filter,
+        })
     }
 
     /// Current CPU ticks.
     pub fn ticks(&self) -> Result<u64> {
         if self.tree {
-            tree_cpu_ticks(self.pid)
+            tree_cpu_ticks_matching(self.pid, self.filter.as_deref())
         } else {
             cpu_ticks(self.pid)
         }
@@ -237,5 +266,11 @@ mod tests {
         let w = Watched::parse("node0=42", false).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((w.name.as_str(), w.pid), ("node0", 42));
         assert!(Watched::parse("x=abc", false).is_err());
+        let f = Watched::parse("postgres=7@confab_bench_1", true).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(f.filter.as_deref(), Some("confab_bench_1"));
+        assert_eq!(f.pid, 7);
+        // This test process is no descendant of itself: a filter matching nothing sums 0.
+        let none = tree_cpu_ticks_matching(std::process::id(), Some("no such command"));
+        assert_eq!(none.unwrap_or(1), 0);
     }
 }
