@@ -236,7 +236,9 @@ if perf record -e cpu-clock -o "$dir/perf.check" -- true >/dev/null 2>&1; then
   echo "Sampled with \`perf record -e cpu-clock -F 999 -g -p <both node pids>\` for 10 s in the \
 middle of a fanout (rooms of 10, 1,000 clients; runs \`profile-*\` in the tables above, whose \
 figures are disturbed by the sampling and are not used for the targets). The VM exposes no \
-hardware counters, so the samples come from the kernel's CPU clock." >"$profile_method"
+hardware counters, so the samples come from the kernel's CPU clock; a sample that falls while \
+interrupts are disabled is reported where they are re-enabled, so \`finish_task_switch\` and \
+\`_raw_spin_unlock_irqrestore\` stand for the whole context-switch and wake-up path." >"$profile_method"
 else
   echo "\`perf\` cannot sample on this machine; the CPU split per process above (from /proc) is \
 the only profile." >"$profile_method"

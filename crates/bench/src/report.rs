@@ -18,6 +18,8 @@ pub struct Results {
     pub fanout: Vec<FanoutReport>,
     /// Ramp outcomes.
     pub ramp: Vec<RampReport>,
+    /// The ramps' steps, in full.
+    pub ramp_steps: Vec<FanoutReport>,
     /// Idle runs.
     pub idle: Vec<IdleReport>,
     /// Storms.
@@ -38,9 +40,13 @@ impl Results {
             let scenario = v["scenario"].as_str().unwrap_or_default().to_owned();
             let label = v["label"].as_str().unwrap_or_default().to_owned();
             match scenario.as_str() {
-                "fanout" if !label.starts_with("ramp") => {
+                "fanout" => {
                     if let Ok(x) = serde_json::from_value(v) {
-                        r.fanout.push(x);
+                        if label.starts_with("ramp") {
+                            r.ramp_steps.push(x);
+                        } else {
+                            r.fanout.push(x);
+                        }
                     }
                 }
                 "ramp" => {
@@ -160,6 +166,7 @@ pub fn render(results: &Results, inputs: &Inputs) -> String {
         );
     }
     let _ = writeln!(w, "\n## Where the time goes\n");
+    time_summary(w, results, inputs);
     cpu_split(w, &results.fanout);
     profile(w, inputs);
     let _ = writeln!(
@@ -248,25 +255,46 @@ fn figures(w: &mut String, r: &Results) {
             verdict(step.p99_ms <= 5.0 && step.delivered_per_sec >= 85_000.0)
         );
     }
-    match r.ramp.first() {
-        Some(ramp) => {
-            let held = ramp.highest_held_delivered_per_sec.unwrap_or(0.0);
-            let _ =
-                writeln!(
+    // The loss-free ceiling: the most deliveries/s of any run, fixed-rate or ramp step, that
+    // held by the ramp's rules (rooms of 10; profiled runs excluded).
+    let bound = r.ramp.first().map_or(500.0, |x| x.max_p99_ms);
+    let best = r
+        .fanout
+        .iter()
+        .chain(&r.ramp_steps)
+        .filter(|f| {
+            f.room_size == 10
+                && !f.label.starts_with("profile")
+                && crate::ramp::verdict(f, bound).is_none()
+        })
+        .max_by(|a, b| a.delivered_per_sec.total_cmp(&b.delivered_per_sec));
+    match best {
+        Some(f) => {
+            let _ = writeln!(
                 w,
                 "| loss-free ceiling on the shared 2-core machine | ≥ 450,000 deliveries/s | {} \
-                 deliveries/s ({} msgs/s offered held; first failure at {}: {}) | {} |",
-                n0(held),
-                ramp.highest_held_rate.map_or("none".into(), n0),
-                ramp.first_failed_rate.map_or("none".into(), n0),
-                ramp.failure.clone().unwrap_or_else(|| "none up to the cap".into()),
-                verdict(held >= 450_000.0)
+                 deliveries/s (`{}`: the most of any run that held — nothing lost or duplicated, \
+                 every send answered, no client dropped, the generator on schedule, p99 ≤ {} \
+                 ms{}) | {} |",
+                n0(f.delivered_per_sec),
+                f.label,
+                bound,
+                r.ramp.first().map_or(String::new(), |x| format!(
+                    "; the ramp's first failure: {}",
+                    x.first_failed_rate
+                        .map_or("none up to its cap".into(), |rate| format!(
+                            "{} msgs/s, {}",
+                            n0(rate),
+                            x.failure.clone().unwrap_or_default()
+                        ))
+                )),
+                verdict(f.delivered_per_sec >= 450_000.0)
             );
         }
         None => {
             let _ = writeln!(
                 w,
-                "| loss-free ceiling | ≥ 450,000 deliveries/s | not measured | — |"
+                "| loss-free ceiling | ≥ 450,000 deliveries/s | no run held | **missed** |"
             );
         }
     }
@@ -509,6 +537,77 @@ fn idle_section(w: &mut String, i: &IdleReport) {
     }
 }
 
+/// Shares of the profile's buckets, largest first.
+fn bucket_shares(text: &str) -> Vec<(&'static str, f64)> {
+    let lines = symbol_lines(text);
+    let total: f64 = lines.iter().map(|l| l.0).sum();
+    let mut buckets: BTreeMap<&'static str, f64> = BTreeMap::new();
+    for (pct, dso, sym) in &lines {
+        *buckets.entry(bucket(sym, dso)).or_default() += pct;
+    }
+    let mut sorted: Vec<(&'static str, f64)> = buckets
+        .into_iter()
+        .map(|(k, v)| (k, v / total.max(1e-9) * 100.0))
+        .collect();
+    sorted.sort_by(|a, b| b.1.total_cmp(&a.1));
+    sorted
+}
+
+/// A few sentences computed from the measurements: who used the CPU at ~90k deliveries/s,
+/// and what the gateway's own samples were spent on.
+fn time_summary(w: &mut String, r: &Results, inputs: &Inputs) {
+    let Some(f) = closest(&r.fanout, 90_000.0) else {
+        return;
+    };
+    // The report is written on the machine that ran the benchmark.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let busy = f.cpu.machine_cpu_s.max(1e-9);
+    let pct = |v: f64| v / busy * 100.0;
+    let nodes = f.cpu.cpu_of("node");
+    let pg = f.cpu.cpu_of("postgres");
+    let redis = f.cpu.cpu_of("redis");
+    let _ = writeln!(
+        w,
+        "In `{}` ({} msgs/s offered, {} deliveries/s) the machine was busy for {:.1} of the \
+         window's {:.0} CPU-seconds ({} CPUs × {:.0} s): the two gateway nodes used {:.0}%, the \
+         bench database's Postgres backends {:.0}%, Redis {:.0}%, the load generator {:.0}%, \
+         everything else {:.0}%. Per message (1 send, 1 stored row, {} deliveries) that is \
+         {:.0} µs of gateway CPU and {:.0} µs of Postgres CPU.",
+        f.label,
+        n0(f.rate_offered),
+        n0(f.delivered_per_sec),
+        f.cpu.machine_cpu_s,
+        cpus as f64 * f.duration_s,
+        cpus,
+        f.duration_s,
+        pct(nodes),
+        pct(pg),
+        pct(redis),
+        pct(f.cpu.bench_cpu_s),
+        pct((f.cpu.machine_cpu_s - nodes - pg - redis - f.cpu.bench_cpu_s).max(0.0)),
+        f.room_size - 1,
+        nodes / (f.sent.max(1) as f64) * 1e6,
+        pg / (f.sent.max(1) as f64) * 1e6,
+    );
+    for (label, text) in &inputs.profiles {
+        let shares = bucket_shares(text);
+        if shares.is_empty() {
+            continue;
+        }
+        let top: Vec<String> = shares
+            .iter()
+            .take(4)
+            .map(|(name, p)| format!("{name} {p:.0}%"))
+            .collect();
+        let _ = writeln!(
+            w,
+            "\nInside the gateway during `{label}`, the sampled CPU went to: {}.",
+            top.join(", ")
+        );
+    }
+    let _ = writeln!(w);
+}
+
 fn cpu_split(w: &mut String, runs: &[FanoutReport]) {
     let _ = writeln!(
         w,
@@ -686,21 +785,14 @@ fn profile_one(w: &mut String, label: &str, text: &str) {
         let _ = writeln!(w, "\nRun `{label}`: no samples were recorded.");
         return;
     }
-    let total: f64 = lines.iter().map(|l| l.0).sum();
-    let mut buckets: BTreeMap<&str, f64> = BTreeMap::new();
-    for (pct, dso, sym) in &lines {
-        *buckets.entry(bucket(sym, dso)).or_default() += pct;
-    }
-    let mut sorted: Vec<(&str, f64)> = buckets.into_iter().collect();
-    sorted.sort_by(|a, b| b.1.total_cmp(&a.1));
     let _ = writeln!(
         w,
         "\n#### During `{label}`\n\nThe gateway processes' samples grouped by what the symbol \
          belongs to (share of the samples above the report's cut-off):\n\n| where | share |\n\
          |---|---|"
     );
-    for (name, pct) in &sorted {
-        let _ = writeln!(w, "| {name} | {:.1}% |", pct / total.max(1e-9) * 100.0);
+    for (name, pct) in bucket_shares(text) {
+        let _ = writeln!(w, "| {name} | {pct:.1}% |");
     }
     let _ = writeln!(w, "\nTop symbols:\n\n```");
     for (pct, dso, sym) in lines.iter().take(25) {
