@@ -118,6 +118,14 @@ N1="http://127.0.0.1:${ports[1]}"
 P0=${node_pids[0]}
 P1=${node_pids[1]}
 log "nodes up: $N0 (pid $P0), $N1 (pid $P1)"
+{
+  echo "make bench   # = bash scripts/bench.sh; what it ran:"
+  echo "cargo build --release -p confab-gateway -p confab-bench"
+  echo "psql \"$PG_ADMIN\" -c 'CREATE DATABASE \"$DB_NAME\"'"
+  for i in 0 1; do
+    echo "env ${NODE_ENV[*]} CONFAB__SERVER__PORT=${ports[$i]} CONFAB__NODE__ID=bench-n$i target/release/confab &"
+  done
+} >>"$dir/commands.txt"
 
 REDIS_PID=$(redis-cli -u "$REDIS_URL" info server 2>/dev/null | tr -d '\r' | awk -F: '/^process_id/{print $2}')
 PG_DATA=$(psql "$PG_ADMIN" -Atc "show data_directory" 2>/dev/null || true)
