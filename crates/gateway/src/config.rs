@@ -201,6 +201,9 @@ pub struct DeliverySettings {
     /// Messages held while a gap is repaired before the node gives up holding and relies on the
     /// sweep and the sessions' own gap fill.
     pub max_pending_per_thread: usize,
+    /// How long a node waits for out-of-order publishes to fill a gap before reading it from
+    /// the database.
+    pub gap_grace_ms: u64,
 }
 
 /// Presence.

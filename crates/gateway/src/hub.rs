@@ -183,12 +183,20 @@ pub struct Hub {
     thread_prefix: String,
     metrics: Metrics,
     max_pending: usize,
+    /// How long a gap may stay open before it is read from the database.
+    gap_grace: Duration,
     me: Weak<Hub>,
 }
 
 impl Hub {
     /// A hub with no broker yet (see [`Hub::set_broker`]).
-    pub fn new(store: Store, keys: Keys, metrics: Metrics, max_pending: usize) -> Arc<Self> {
+    pub fn new(
+        store: Store,
+        keys: Keys,
+        metrics: Metrics,
+        max_pending: usize,
+        gap_grace: Duration,
+    ) -> Arc<Self> {
         Arc::new_cyclic(|me| Self {
             inner: Mutex::new(Inner::default()),
             broker: OnceLock::new(),
@@ -198,6 +206,7 @@ impl Hub {
             keys,
             metrics,
             max_pending,
+            gap_grace,
             me: me.clone(),
         })
     }
@@ -384,6 +393,33 @@ impl Hub {
     /// Read `(after, before)` of a thread from the database and feed it through the same
     /// ordering rule as live messages.
     async fn repair(&self, thread: ThreadId, after: i64, before: i64) {
+        let (after, before) = if self.gap_grace.is_zero() {
+            (after, before)
+        } else {
+            // Publishes from concurrent senders (and from one group commit) can reach Redis out
+            // of order: most "gaps" fill themselves within milliseconds. Wait a little before
+            // reading the database, then repair only what is still missing.
+            tokio::time::sleep(self.gap_grace).await;
+            let mut g = self.lock();
+            let Some(slot) = g.threads.get_mut(&thread) else {
+                return;
+            };
+            let last = slot.last.unwrap_or(after);
+            let next_pending = slot.pending.first_key_value().map(|(k, _)| *k);
+            if last < before - 1 {
+                (last, before)
+            } else if let Some(next) = next_pending.filter(|n| *n > last + 1) {
+                (last, next)
+            } else {
+                slot.repairing = false;
+                let more = drain(thread, slot, &self.metrics);
+                drop(g);
+                if let Some(r) = more {
+                    self.spawn_repairs(vec![r]);
+                }
+                return;
+            }
+        };
         self.metrics.gap_repairs.with_label_values(&["node"]).inc();
         let fetched = self.store.messages_between(thread, after, before).await;
         let frames: Vec<(i64, ByteString)> = match fetched {

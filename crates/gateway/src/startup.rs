@@ -102,6 +102,7 @@ impl Application {
             keys.clone(),
             metrics.clone(),
             settings.delivery.max_pending_per_thread,
+            ms(settings.delivery.gap_grace_ms),
         );
         let inbound: Arc<dyn Inbound> = hub.clone();
         let Backends {

@@ -154,14 +154,26 @@ async fn every_acknowledged_message_reaches_every_member_exactly_once_in_order_t
     // Stop creating messages; wait for every one to be acknowledged (clients retry).
     stop_sending.store(true, Ordering::Relaxed);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while figures.acked.load(Ordering::Relaxed) < figures.created.load(Ordering::Relaxed) {
+    // A client may be between "tick fired" and "message created" when the flag flips: wait
+    // until the count of created messages is stable and every one of them is acknowledged.
+    let mut stable = 0;
+    let mut seen = u64::MAX;
+    while stable < 3 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "sends never acknowledged: created {} acked {}",
             figures.created.load(Ordering::Relaxed),
             figures.acked.load(Ordering::Relaxed)
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let created = figures.created.load(Ordering::Relaxed);
+        let acked = figures.acked.load(Ordering::Relaxed);
+        if created == seen && acked == created {
+            stable += 1;
+        } else {
+            stable = 0;
+        }
+        seen = created;
     }
     // Every member must now catch up to every thread's head (node 0 moved in the roll).
     let http = Http::new(nodes[0].http_base());

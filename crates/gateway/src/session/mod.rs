@@ -169,9 +169,17 @@ impl Session {
         let hold_until = tokio::time::sleep(RESUME_HOLD);
         tokio::pin!(hold_until);
         loop {
+            // Unbiased on purpose: a client that keeps sending (each send awaits its commit)
+            // must not starve its own deliveries into a slow-consumer close, and a busy
+            // outbound queue must not starve the client's frames (and pongs) either.
             tokio::select! {
-                biased;
                 reason = shared.closed() => return End::Close(reason),
+                out = rx.recv(), if !self.holding => {
+                    let Some(out) = out else { return End::Close(CloseReason::InternalError) };
+                    if let Err(end) = self.deliver(out).await {
+                        return end;
+                    }
+                }
                 msg = stream.next() => {
                     last_heard = Instant::now();
                     let result = match msg {
@@ -180,12 +188,6 @@ impl Session {
                         Some(Err(e)) => Err(protocol_error_reason(&e)),
                     };
                     if let Err(end) = result {
-                        return end;
-                    }
-                }
-                out = rx.recv(), if !self.holding => {
-                    let Some(out) = out else { return End::Close(CloseReason::InternalError) };
-                    if let Err(end) = self.deliver(out).await {
                         return end;
                     }
                 }
