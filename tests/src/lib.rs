@@ -106,6 +106,14 @@ pub fn test_settings(
     s
 }
 
+/// Lift the per-connection and per-user rate limits (for tests that send in bulk).
+pub fn raise_limits(s: &mut Settings) {
+    s.limits.frames_per_sec = 100_000.0;
+    s.limits.frames_burst = 100_000.0;
+    s.limits.user_sends_per_sec = 100_000.0;
+    s.limits.user_sends_burst = 100_000.0;
+}
+
 /// One running in-process node.
 pub struct Node {
     /// Its port on 127.0.0.1.

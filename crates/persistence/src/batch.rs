@@ -8,9 +8,10 @@
 //! non-member, a duplicate inside the batch) or a batch that failed as a whole goes through the
 //! single-send path, which classifies it exactly.
 
+use crate::messages::fresh_message;
 use crate::{Error, Result, SendOutcome, Store};
 use chrono::{SubsecRound, Utc};
-use confab_protocol::{Message, MessageId, ThreadId, UserId};
+use confab_protocol::{MessageId, ThreadId, UserId};
 use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait, Value};
 use std::collections::{HashMap, HashSet};
 use tokio::sync::{mpsc, oneshot};
@@ -140,18 +141,15 @@ impl Store {
         for (p, id) in first.into_iter().zip(ids) {
             match stored.get(&id) {
                 Some(&seq) => {
-                    let _ = p.reply.send(Ok(SendOutcome::Stored(Message {
-                        thread_id: p.thread,
+                    let _ = p.reply.send(Ok(SendOutcome::Stored(fresh_message(
+                        p.thread,
                         id,
                         seq,
-                        sender_id: p.sender,
-                        client_msg_id: p.client_msg_id,
-                        body: p.body,
-                        created_at: now,
-                        deleted: false,
-                        edited_at: None,
-                        reactions: Vec::new(),
-                    })));
+                        p.sender,
+                        p.client_msg_id,
+                        p.body,
+                        now,
+                    ))));
                 }
                 None => {
                     // Not stored by the batch: a retry, a non-member, or the batch failed.

@@ -36,6 +36,30 @@ pub enum EditOutcome {
     Deleted,
 }
 
+/// A message as it is right after being stored (no edits, no reactions yet).
+pub(crate) fn fresh_message(
+    thread_id: ThreadId,
+    id: MessageId,
+    seq: i64,
+    sender: UserId,
+    client_msg_id: String,
+    body: String,
+    created_at: chrono::DateTime<Utc>,
+) -> Message {
+    Message {
+        thread_id,
+        id,
+        seq,
+        sender_id: sender,
+        client_msg_id,
+        body,
+        created_at,
+        deleted: false,
+        edited_at: None,
+        reactions: Vec::new(),
+    }
+}
+
 pub(crate) fn to_message(m: message::Model) -> Message {
     let deleted = m.deleted_at.is_some();
     Message {
@@ -140,18 +164,15 @@ impl Store {
             return Ok(SendOutcome::NotMember);
         };
         let seq: i64 = row.try_get("", "seq")?;
-        Ok(SendOutcome::Stored(Message {
+        Ok(SendOutcome::Stored(fresh_message(
             thread_id,
             id,
             seq,
-            sender_id: sender,
-            client_msg_id: client_msg_id.to_owned(),
-            body: body.to_owned(),
-            created_at: now,
-            deleted: false,
-            edited_at: None,
-            reactions: Vec::new(),
-        }))
+            sender,
+            client_msg_id.to_owned(),
+            body.to_owned(),
+            now,
+        )))
     }
 
     async fn send_message_txn(
@@ -206,18 +227,15 @@ impl Store {
             .exec(&txn)
             .await?;
         txn.commit().await?;
-        Ok(SendOutcome::Stored(Message {
+        Ok(SendOutcome::Stored(fresh_message(
             thread_id,
             id,
             seq,
-            sender_id: sender,
-            client_msg_id: client_msg_id.to_owned(),
-            body: body.to_owned(),
-            created_at: now,
-            deleted: false,
-            edited_at: None,
-            reactions: Vec::new(),
-        }))
+            sender,
+            client_msg_id.to_owned(),
+            body.to_owned(),
+            now,
+        )))
     }
 
     async fn find_by_client_id(

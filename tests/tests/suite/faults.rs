@@ -1,6 +1,6 @@
 //! Faults and hostile clients: slow consumers, storms, floods, bad bytes, drains, lost publishes.
 
-use confab_tests::{both_backends, Backend, Cluster, Ws};
+use confab_tests::{both_backends, raise_limits, Backend, Cluster, Ws};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -8,13 +8,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::Message as WsMsg;
-
-fn raise_limits(s: &mut confab_gateway::Settings) {
-    s.limits.frames_per_sec = 100_000.0;
-    s.limits.frames_burst = 100_000.0;
-    s.limits.user_sends_per_sec = 100_000.0;
-    s.limits.user_sends_burst = 100_000.0;
-}
 
 both_backends!(
     a_client_that_stops_reading_is_closed_as_a_slow_consumer,

@@ -2,20 +2,14 @@
 //! group-committed), with retries and strangers mixed in. Every thread's `seq` stays 1..n
 //! without gaps, each ack names the row that history returns, retries store nothing twice.
 
-use confab_tests::{both_backends, Backend, Cluster};
+use confab_tests::{both_backends, raise_limits, Backend, Cluster};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 
 both_backends!(
     concurrent_sends_keep_seq_gap_free_and_idempotent,
     |b: Backend| async move {
-        let c = Cluster::start_with(b, 2, |s| {
-            s.limits.frames_per_sec = 100_000.0;
-            s.limits.frames_burst = 100_000.0;
-            s.limits.user_sends_per_sec = 100_000.0;
-            s.limits.user_sends_burst = 100_000.0;
-        })
-        .await;
+        let c = Cluster::start_with(b, 2, raise_limits).await;
         let mut users = Vec::new();
         for i in 0..12 {
             users.push(c.user(&format!("w{i}")).await);
