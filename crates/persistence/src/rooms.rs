@@ -2,7 +2,7 @@
 //! random one a user is not in yet.
 
 use crate::entity::{thread, thread_member};
-use crate::thread_list::ActivityCursor;
+use crate::thread_list::{activity_page, ActivityCursor};
 use crate::{Result, Store};
 use chrono::{DateTime, Utc};
 use confab_protocol::api::RoomListItem;
@@ -22,7 +22,7 @@ impl Store {
         cursor: Option<ActivityCursor>,
         limit: u64,
     ) -> Result<(Vec<RoomListItem>, Option<ActivityCursor>)> {
-        let mut q = thread::Entity::find()
+        let q = thread::Entity::find()
             .select_only()
             .columns([
                 thread::Column::Id,
@@ -31,22 +31,8 @@ impl Store {
                 thread::Column::LastActivityAt,
             ])
             .filter(thread::Column::Public.eq(true));
-        if let Some(c) = cursor {
-            q = q.filter(c.after(thread::Column::LastActivityAt, thread::Column::Id));
-        }
-        let mut rows: Vec<RoomRow> = q
-            .order_by_desc(thread::Column::LastActivityAt)
-            .order_by_desc(thread::Column::Id)
-            .limit(limit + 1)
-            .into_tuple()
-            .all(&self.db)
-            .await?;
-        let next = if rows.len() as u64 > limit {
-            rows.truncate(limit as usize);
-            rows.last().map(|r| ActivityCursor { at: r.3, id: r.0 })
-        } else {
-            None
-        };
+        let (rows, next): (Vec<RoomRow>, _) =
+            activity_page(&self.db, q, cursor, limit, |r: &RoomRow| (r.3, r.0)).await?;
         if rows.is_empty() {
             return Ok((Vec::new(), None));
         }

@@ -57,6 +57,38 @@ impl ActivityCursor {
 }
 
 /// One thread row of the page, with the caller's read position.
+/// One keyset page of threads ordered by `(last_activity_at, id)` descending, strictly after
+/// `cursor`: fetches one row more than `limit` to know whether another page follows, and
+/// returns the cursor of the last row kept when it does. Shared by the thread list and rooms.
+pub(crate) async fn activity_page<T: sea_orm::TryGetableMany>(
+    db: &sea_orm::DatabaseConnection,
+    mut q: sea_orm::Select<thread::Entity>,
+    cursor: Option<ActivityCursor>,
+    limit: u64,
+    key: impl Fn(&T) -> (DateTime<Utc>, uuid::Uuid),
+) -> Result<(Vec<T>, Option<ActivityCursor>)> {
+    if let Some(c) = cursor {
+        q = q.filter(c.after(thread::Column::LastActivityAt, thread::Column::Id));
+    }
+    let mut rows: Vec<T> = q
+        .order_by_desc(thread::Column::LastActivityAt)
+        .order_by_desc(thread::Column::Id)
+        .limit(limit + 1)
+        .into_tuple()
+        .all(db)
+        .await?;
+    let next = if rows.len() as u64 > limit {
+        rows.truncate(limit as usize);
+        rows.last().map(|r| {
+            let (at, id) = key(r);
+            ActivityCursor { at, id }
+        })
+    } else {
+        None
+    };
+    Ok((rows, next))
+}
+
 type PageRow = (
     uuid::Uuid,
     String,
@@ -90,7 +122,7 @@ impl Store {
         cursor: Option<ActivityCursor>,
         limit: u64,
     ) -> Result<(Vec<ThreadListItem>, Option<ActivityCursor>)> {
-        let mut q = thread::Entity::find()
+        let q = thread::Entity::find()
             .select_only()
             .columns([
                 thread::Column::Id,
@@ -103,22 +135,8 @@ impl Store {
             .column(thread_member::Column::LastReadSeq)
             .join_rev(JoinType::InnerJoin, member_thread_join())
             .filter(thread_member::Column::UserId.eq(user.0));
-        if let Some(c) = cursor {
-            q = q.filter(c.after(thread::Column::LastActivityAt, thread::Column::Id));
-        }
-        let mut rows: Vec<PageRow> = q
-            .order_by_desc(thread::Column::LastActivityAt)
-            .order_by_desc(thread::Column::Id)
-            .limit(limit + 1)
-            .into_tuple()
-            .all(&self.db)
-            .await?;
-        let next = if rows.len() as u64 > limit {
-            rows.truncate(limit as usize);
-            rows.last().map(|r| ActivityCursor { at: r.5, id: r.0 })
-        } else {
-            None
-        };
+        let (rows, next): (Vec<PageRow>, _) =
+            activity_page(&self.db, q, cursor, limit, |r: &PageRow| (r.5, r.0)).await?;
         if rows.is_empty() {
             return Ok((Vec::new(), None));
         }
