@@ -2,11 +2,11 @@
 //! behind one std mutex (never held across an `.await`). Events are handed to the in-process
 //! broker while the lock is held, so their order is the order of the transitions.
 
-use super::{from_millis, Changes, Presence, PresenceError, Settled, Vacated};
+use super::{answer, from_millis, Changes, Presence, PresenceError, Settled, Vacated};
 use crate::broker::Broker;
 use bytes::Bytes;
 use confab_protocol::api::UserPresence;
-use confab_protocol::{PresenceStatus, SessionId, UserId};
+use confab_protocol::{SessionId, UserId};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -199,19 +199,7 @@ impl Presence for MemoryPresence {
                 let online = st.is_some_and(|st| {
                     !st.sessions.is_empty() || st.pending.is_some_and(|due| due > now)
                 });
-                UserPresence {
-                    user_id: *u,
-                    status: if online {
-                        PresenceStatus::Online
-                    } else {
-                        PresenceStatus::Offline
-                    },
-                    last_seen: if online {
-                        None
-                    } else {
-                        st.and_then(|st| st.last_seen).map(from_millis)
-                    },
-                }
+                answer(*u, online, st.and_then(|st| st.last_seen))
             })
             .collect())
     }

@@ -15,7 +15,7 @@ pub use self::redis::RedisPresence;
 
 use chrono::{DateTime, Utc};
 use confab_protocol::api::UserPresence;
-use confab_protocol::{SessionId, UserId};
+use confab_protocol::{PresenceStatus, SessionId, UserId};
 use std::time::Duration;
 
 /// Presence store failures.
@@ -121,6 +121,23 @@ pub trait Presence: Send + Sync + 'static {
 }
 
 /// Milliseconds since the epoch to a timestamp (the epoch itself if out of range).
+/// One answer of the presence query: `last_seen` only for someone offline.
+fn answer(user_id: UserId, online: bool, last_seen_ms: Option<i64>) -> UserPresence {
+    UserPresence {
+        user_id,
+        status: if online {
+            PresenceStatus::Online
+        } else {
+            PresenceStatus::Offline
+        },
+        last_seen: if online {
+            None
+        } else {
+            last_seen_ms.map(from_millis)
+        },
+    }
+}
+
 fn from_millis(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }

@@ -7,10 +7,10 @@
 //! left counted online, for longer than a heartbeat interval after Redis answers again.
 
 use super::scripts;
-use super::{from_millis, Changes, Presence, PresenceError, Settled, Vacated};
+use super::{answer, from_millis, Changes, Presence, PresenceError, Settled, Vacated};
 use crate::keys::Keys;
 use confab_protocol::api::UserPresence;
-use confab_protocol::{PresenceStatus, SessionId, UserId};
+use confab_protocol::{SessionId, UserId};
 use deadpool_redis::Pool;
 use redis::{FromRedisValue, Script, Value};
 use std::collections::HashMap;
@@ -412,19 +412,7 @@ impl Presence for RedisPresence {
                 // Within the grace period a user still counts as online: no event said
                 // otherwise, and a reconnect will not say anything either.
                 let online = sessions > 0 || due.is_some_and(|d| d > now as f64);
-                UserPresence {
-                    user_id: *u,
-                    status: if online {
-                        PresenceStatus::Online
-                    } else {
-                        PresenceStatus::Offline
-                    },
-                    last_seen: if online {
-                        None
-                    } else {
-                        last_seen.map(from_millis)
-                    },
-                }
+                answer(*u, online, last_seen)
             })
             .collect())
     }
