@@ -5,6 +5,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m0001_initial;
 mod m0002_feature_indexes;
+mod m0003_store_batch_function;
 
 /// All migrations in order.
 pub struct Migrator;
@@ -15,6 +16,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m0001_initial::Migration),
             Box::new(m0002_feature_indexes::Migration),
+            Box::new(m0003_store_batch_function::Migration),
         ]
     }
 }

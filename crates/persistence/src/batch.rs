@@ -12,7 +12,7 @@ use crate::messages::fresh_message;
 use crate::{Error, Result, SendOutcome, Store};
 use chrono::{SubsecRound, Utc};
 use confab_protocol::{MessageId, ThreadId, UserId};
-use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait, Value};
+use sea_orm::{ConnectionTrait, DbBackend, Statement, Value};
 use std::collections::{HashMap, HashSet};
 use tokio::sync::{mpsc, oneshot};
 
@@ -27,35 +27,38 @@ struct Pending {
 /// The front of the batching writers. Cheap to clone.
 #[derive(Clone)]
 pub struct SendBatcher {
-    tx: mpsc::Sender<Pending>,
+    /// One queue per writer; a thread always goes to the same writer.
+    writers: std::sync::Arc<[mpsc::Sender<Pending>]>,
 }
 
 impl SendBatcher {
     /// Start `writers` writer tasks taking up to `max_batch` sends each; at most `queue` sends
-    /// wait (further senders wait for room, which is the backpressure on a saturated database).
+    /// wait in all (further senders wait for room, which is the backpressure on a saturated
+    /// database).
+    ///
+    /// Threads are partitioned among the writers by id. Why: a batch locks every thread it
+    /// touches until it commits, so writers sharing threads would mostly wait for each other;
+    /// partitioned, one node's batches never touch the same thread and run side by side, and
+    /// across nodes only the writers of the same partition can meet.
     pub fn start(store: Store, writers: usize, max_batch: usize, queue: usize) -> Self {
-        let (tx, rx) = mpsc::channel(queue.max(1));
-        let rx = std::sync::Arc::new(tokio::sync::Mutex::new(rx));
-        for _ in 0..writers.max(1) {
-            let rx = rx.clone();
+        let n = writers.max(1);
+        let per_writer = (queue / n).max(1);
+        let mut txs = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (tx, mut rx) = mpsc::channel(per_writer);
+            txs.push(tx);
             let store = store.clone();
             tokio::spawn(async move {
                 let mut batch = Vec::with_capacity(max_batch);
-                loop {
-                    // One writer at a time takes what is queued; the others are committing.
-                    let n = rx
-                        .lock()
-                        .await
-                        .recv_many(&mut batch, max_batch.max(1))
-                        .await;
-                    if n == 0 {
-                        return;
-                    }
+                // Whatever queued while the previous batch committed goes in the next one.
+                while rx.recv_many(&mut batch, max_batch.max(1)).await > 0 {
                     store.write_batch(std::mem::take(&mut batch)).await;
                 }
             });
         }
-        Self { tx }
+        Self {
+            writers: txs.into(),
+        }
     }
 
     /// Store one message (group-committed with whatever else is pending).
@@ -74,7 +77,9 @@ impl SendBatcher {
             body: body.to_owned(),
             reply,
         };
-        if self.tx.send(pending).await.is_err() {
+        // UUIDv7: the low half is random, so it spreads threads evenly.
+        let k = (thread.0.as_u64_pair().1 % self.writers.len() as u64) as usize;
+        if self.writers[k].send(pending).await.is_err() {
             return Err(Error::Conflict("send batcher stopped".into()));
         }
         rx.await
@@ -82,34 +87,11 @@ impl SendBatcher {
     }
 }
 
-const BATCH_SQL: &str = "WITH input AS (
-        SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::int8[])
-            AS i(id, thread_id, sender_id, client_msg_id, body, ord)
-    ), ok AS (
-        SELECT i.* FROM input i
-        WHERE EXISTS (SELECT 1 FROM thread_members m
-                      WHERE m.thread_id = i.thread_id AND m.user_id = i.sender_id)
-          AND NOT EXISTS (SELECT 1 FROM messages x
-                          WHERE x.sender_id = i.sender_id AND x.client_msg_id = i.client_msg_id)
-    ), counts AS (
-        SELECT thread_id, count(*) AS n FROM ok GROUP BY thread_id
-    ), bump AS (
-        UPDATE threads t SET last_seq = t.last_seq + c.n, last_activity_at = $7
-        FROM counts c WHERE t.id = c.thread_id
-        RETURNING t.id, t.last_seq AS new_last, c.n
-    ), numbered AS (
-        SELECT ok.*, b.new_last - b.n + row_number() OVER (PARTITION BY ok.thread_id ORDER BY ok.ord) AS seq
-        FROM ok JOIN bump b ON b.id = ok.thread_id
-    ), ins AS (
-        INSERT INTO messages (id, thread_id, seq, sender_id, client_msg_id, body, created_at)
-        SELECT id, thread_id, seq, sender_id, client_msg_id, body, $7 FROM numbered
-        RETURNING id, seq, thread_id, sender_id
-    ), mark AS (
-        UPDATE thread_members m SET last_read_seq = s.max_seq
-        FROM (SELECT thread_id, sender_id, max(seq) AS max_seq FROM ins GROUP BY thread_id, sender_id) s
-        WHERE m.thread_id = s.thread_id AND m.user_id = s.sender_id AND m.last_read_seq < s.max_seq
-    )
-    SELECT id, seq FROM ins";
+/// One statement in autocommit mode: `confab_store_batch` (migration m0003) locks the batch's
+/// threads in id order, stores what it may and commits — no client round trip while the locks
+/// are held, so batches of both nodes follow each other as fast as Postgres can store them.
+const BATCH_SQL: &str =
+    "SELECT stored_id, stored_seq FROM confab_store_batch($1, $2, $3, $4, $5, $6)";
 
 impl Store {
     async fn write_batch(&self, batch: Vec<Pending>) {
@@ -168,17 +150,15 @@ impl Store {
         }
     }
 
-    /// One transaction: lock the batch's threads in id order (two batches touching the same
-    /// threads then cannot deadlock), then store everything in one statement and commit.
+    /// One autocommit statement (see [`BATCH_SQL`]): the function locks the batch's threads in
+    /// id order (two batches touching the same threads then cannot deadlock), stores everything
+    /// and the statement's commit makes it durable before the rows come back.
     async fn store_batch(
         &self,
         batch: &[Pending],
         ids: &[MessageId],
         now: chrono::DateTime<Utc>,
     ) -> Result<HashMap<MessageId, i64>> {
-        let mut threads: Vec<uuid::Uuid> = batch.iter().map(|p| p.thread.0).collect();
-        threads.sort();
-        threads.dedup();
         let uuid_array = |v: Vec<uuid::Uuid>| {
             Value::Array(
                 sea_orm::sea_query::ArrayType::Uuid,
@@ -191,14 +171,8 @@ impl Store {
                 Some(Box::new(v.into_iter().map(Value::from).collect())),
             )
         };
-        let txn = self.db.begin().await?;
-        txn.execute(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "SELECT id FROM threads WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-            [uuid_array(threads)],
-        ))
-        .await?;
-        let rows = txn
+        let rows = self
+            .db
             .query_all(Statement::from_sql_and_values(
                 DbBackend::Postgres,
                 BATCH_SQL,
@@ -208,19 +182,14 @@ impl Store {
                     uuid_array(batch.iter().map(|p| p.sender.0).collect()),
                     text_array(batch.iter().map(|p| p.client_msg_id.clone()).collect()),
                     text_array(batch.iter().map(|p| p.body.clone()).collect()),
-                    Value::Array(
-                        sea_orm::sea_query::ArrayType::BigInt,
-                        Some(Box::new((0..batch.len() as i64).map(Value::from).collect())),
-                    ),
                     now.into(),
                 ],
             ))
             .await?;
-        txn.commit().await?;
         let mut out = HashMap::with_capacity(rows.len());
         for row in rows {
-            let id: uuid::Uuid = row.try_get("", "id")?;
-            let seq: i64 = row.try_get("", "seq")?;
+            let id: uuid::Uuid = row.try_get("", "stored_id")?;
+            let seq: i64 = row.try_get("", "stored_seq")?;
             out.insert(MessageId(id), seq);
         }
         Ok(out)

@@ -9,7 +9,13 @@ use std::collections::{BTreeMap, HashMap};
 both_backends!(
     concurrent_sends_keep_seq_gap_free_and_idempotent,
     |b: Backend| async move {
-        let c = Cluster::start_with(b, 2, raise_limits).await;
+        // Several writers per node: threads are partitioned among them, and the writers of
+        // both nodes still meet on the same threads (on Postgres).
+        let c = Cluster::start_with(b, 2, |s| {
+            raise_limits(s);
+            s.database.send_writers = 3;
+        })
+        .await;
         let mut users = Vec::new();
         for i in 0..12 {
             users.push(c.user(&format!("w{i}")).await);
