@@ -204,6 +204,9 @@ pub struct DeliverySettings {
     /// How long a node waits for out-of-order publishes to fill a gap before reading it from
     /// the database.
     pub gap_grace_ms: u64,
+    /// Deliveries waiting for one worker thread before the sessions that would add more are
+    /// closed as slow consumers (the worker is not keeping up; they resume).
+    pub worker_mailbox_max: usize,
 }
 
 /// Presence.

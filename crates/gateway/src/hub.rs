@@ -14,6 +14,7 @@
 use crate::broker::{Broker, Inbound};
 use crate::envelope::{ControlEvent, Envelope};
 use crate::keys::Keys;
+use crate::mailbox::Port;
 use crate::metrics::Metrics;
 use bytestring::ByteString;
 use confab_persistence::Store;
@@ -22,7 +23,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
 /// What the hub hands a session. Frames are shared (`ByteString` clones are reference counts):
 /// a message is serialized once per node, not once per recipient.
@@ -99,41 +100,27 @@ pub struct SessionHandle {
     pub user: UserId,
     /// First 8 bytes of its token's hash (to close it on logout).
     pub token_tag: u64,
-    tx: mpsc::Sender<Outbound>,
-    shared: Arc<SessionShared>,
+    port: Arc<Port>,
 }
 
 impl SessionHandle {
-    /// A handle over a session's queue and shared state.
-    pub fn new(
-        id: SessionId,
-        user: UserId,
-        token_tag: u64,
-        tx: mpsc::Sender<Outbound>,
-        shared: Arc<SessionShared>,
-    ) -> Self {
+    /// A handle over a session's port (its queue, seen from outside).
+    pub fn new(id: SessionId, user: UserId, token_tag: u64, port: Port) -> Self {
         Self {
             id,
             user,
             token_tag,
-            tx,
-            shared,
+            port: Arc::new(port),
         }
     }
 
-    /// Queue without waiting; a full queue closes the session as a slow consumer.
-    fn push(&self, out: Outbound, metrics: &Metrics) -> bool {
-        match self.tx.try_send(out) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if self.shared.reason().is_none() {
-                    metrics.slow_consumer_disconnects.inc();
-                }
-                self.shared.close(CloseReason::SlowConsumer);
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        }
+    /// Hand a frame to the session without waiting (see [`Port::push`]).
+    fn push(&self, out: Outbound) {
+        self.port.push(out);
+    }
+
+    fn close(&self, reason: CloseReason) {
+        self.port.shared().close(reason);
     }
 }
 
@@ -289,7 +276,7 @@ impl Hub {
                 if let Some(slot) = g.threads.get_mut(t) {
                     if slot.last.is_none() {
                         slot.last = Some(*head);
-                        if let Some(r) = drain(*t, slot, &self.metrics) {
+                        if let Some(r) = drain(*t, slot) {
                             repairs.push(r);
                         }
                     }
@@ -339,7 +326,7 @@ impl Hub {
     pub fn close_all(&self, reason: CloseReason) {
         let g = self.lock();
         for s in g.sessions.values() {
-            s.handle.shared.close(reason);
+            s.handle.close(reason);
         }
     }
 
@@ -367,7 +354,7 @@ impl Hub {
                 match slot.last {
                     None => {
                         slot.last = Some(head);
-                        if let Some(r) = drain(t, slot, &self.metrics) {
+                        if let Some(r) = drain(t, slot) {
                             repairs.push(r);
                         }
                     }
@@ -412,7 +399,7 @@ impl Hub {
                 (last, next)
             } else {
                 slot.repairing = false;
-                let more = drain(thread, slot, &self.metrics);
+                let more = drain(thread, slot);
                 drop(g);
                 if let Some(r) = more {
                     self.spawn_repairs(vec![r]);
@@ -443,7 +430,7 @@ impl Hub {
             }
             slot.repairing = false;
             if progressed {
-                drain(thread, slot, &self.metrics)
+                drain(thread, slot)
             } else {
                 None
             }
@@ -470,17 +457,14 @@ impl Hub {
                 return;
             };
             match env.seq {
-                Some(seq) => accept(thread, slot, seq, frame, &self.metrics, self.max_pending),
+                Some(seq) => accept(thread, slot, seq, frame, self.max_pending),
                 None => {
                     for s in &slot.sessions {
-                        s.push(
-                            Outbound::Thread {
-                                thread,
-                                exclude: env.exclude,
-                                frame: frame.clone(),
-                            },
-                            &self.metrics,
-                        );
+                        s.push(Outbound::Thread {
+                            thread,
+                            exclude: env.exclude,
+                            frame: frame.clone(),
+                        });
                     }
                     None
                 }
@@ -517,8 +501,8 @@ impl Hub {
                                 slot.last = Some(last_seq);
                             }
                         }
-                        h.push(Outbound::Joined { thread, last_seq }, &self.metrics);
-                        h.push(Outbound::Direct(frame.clone()), &self.metrics);
+                        h.push(Outbound::Joined { thread, last_seq });
+                        h.push(Outbound::Direct(frame.clone()));
                     }
                     self.subscribe_locked(new)
                 };
@@ -539,8 +523,8 @@ impl Hub {
                 let handles = handles_of(&g, user);
                 let mut empty = Vec::new();
                 for h in &handles {
-                    h.push(Outbound::Left { thread }, &self.metrics);
-                    h.push(Outbound::Direct(frame.clone()), &self.metrics);
+                    h.push(Outbound::Left { thread });
+                    h.push(Outbound::Direct(frame.clone()));
                     empty.extend(remove_from_threads(&mut g, h.id, &[thread]));
                     if let Some(s) = g.sessions.get_mut(&h.id) {
                         s.threads.remove(&thread);
@@ -553,7 +537,7 @@ impl Hub {
                 let g = self.lock();
                 for u in users {
                     for h in handles_of(&g, u) {
-                        h.push(Outbound::Direct(frame.clone()), &self.metrics);
+                        h.push(Outbound::Direct(frame.clone()));
                     }
                 }
             }
@@ -569,7 +553,7 @@ impl Hub {
                     if let Some(slot) = g.threads.get(&t) {
                         for h in &slot.sessions {
                             if Some(h.user) != exclude && seen.insert(h.id) {
-                                h.push(Outbound::Direct(frame.clone()), &self.metrics);
+                                h.push(Outbound::Direct(frame.clone()));
                             }
                         }
                     }
@@ -579,7 +563,7 @@ impl Hub {
                 let g = self.lock();
                 for s in g.sessions.values() {
                     if s.handle.token_tag == token_tag {
-                        s.handle.shared.close(CloseReason::PolicyViolation);
+                        s.handle.close(CloseReason::PolicyViolation);
                     }
                 }
             }
@@ -666,15 +650,14 @@ fn accept(
     slot: &mut ThreadSlot,
     seq: i64,
     frame: ByteString,
-    metrics: &Metrics,
     max_pending: usize,
 ) -> Option<Repair> {
     match slot.last {
         Some(last) if seq <= last => None,
         Some(last) if seq == last + 1 => {
-            fanout(thread, slot, seq, &frame, metrics);
+            fanout(thread, slot, seq, &frame);
             slot.last = Some(seq);
-            drain(thread, slot, metrics)
+            drain(thread, slot)
         }
         _ => {
             if slot.pending.len() >= max_pending {
@@ -695,7 +678,7 @@ fn accept(
 }
 
 /// Deliver held messages that are now in order; returns a repair if a hole remains.
-fn drain(thread: ThreadId, slot: &mut ThreadSlot, metrics: &Metrics) -> Option<Repair> {
+fn drain(thread: ThreadId, slot: &mut ThreadSlot) -> Option<Repair> {
     let mut last = slot.last?;
     while let Some(entry) = slot.pending.first_entry() {
         let seq = *entry.key();
@@ -703,7 +686,7 @@ fn drain(thread: ThreadId, slot: &mut ThreadSlot, metrics: &Metrics) -> Option<R
             entry.remove();
         } else if seq == last + 1 {
             let frame = entry.remove();
-            fanout(thread, slot, seq, &frame, metrics);
+            fanout(thread, slot, seq, &frame);
             last = seq;
         } else {
             break;
@@ -719,15 +702,12 @@ fn drain(thread: ThreadId, slot: &mut ThreadSlot, metrics: &Metrics) -> Option<R
     }
 }
 
-fn fanout(thread: ThreadId, slot: &ThreadSlot, seq: i64, frame: &ByteString, metrics: &Metrics) {
+fn fanout(thread: ThreadId, slot: &ThreadSlot, seq: i64, frame: &ByteString) {
     for s in &slot.sessions {
-        s.push(
-            Outbound::Seq {
-                thread,
-                seq,
-                frame: frame.clone(),
-            },
-            metrics,
-        );
+        s.push(Outbound::Seq {
+            thread,
+            seq,
+            frame: frame.clone(),
+        });
     }
 }

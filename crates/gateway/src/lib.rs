@@ -12,6 +12,7 @@ pub mod envelope;
 pub mod error;
 pub mod hub;
 pub mod keys;
+pub mod mailbox;
 pub mod metrics;
 pub mod presence;
 pub mod ratelimit;

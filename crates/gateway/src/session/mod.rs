@@ -11,6 +11,7 @@ mod features;
 
 use crate::auth::AuthUser;
 use crate::hub::{Outbound, SessionHandle, SessionShared};
+use crate::mailbox::{Mailbox, Port};
 use crate::ratelimit::TokenBucket;
 use crate::state::AppState;
 use actix_ws::{CloseCode, Message as WsMessage, MessageStream, ProtocolError};
@@ -69,13 +70,19 @@ pub async fn run(
     let (tx, mut rx) = mpsc::channel(settings.session.outbound_queue.max(1));
     let shared = Arc::new(SessionShared::default());
     let tag = token_tag(&auth.token_hash);
-    state.hub.register(SessionHandle::new(
-        id,
-        auth.user.id,
-        tag,
+    // Sessions run on actix workers; deliveries reach them through their worker's mailbox
+    // (0 turns the hand-off off: the broker's thread then queues to each session directly).
+    let max = settings.delivery.worker_mailbox_max;
+    let mailbox = (max > 0).then(|| Mailbox::current(max));
+    let port = Port::new(
         tx,
         shared.clone(),
-    ));
+        state.metrics.slow_consumer_disconnects.clone(),
+        mailbox,
+    );
+    state
+        .hub
+        .register(SessionHandle::new(id, auth.user.id, tag, port));
     state.metrics.connections_open.inc();
     state.metrics.sessions_opened.inc();
     let mut session = Session {
