@@ -162,6 +162,15 @@ mod tests {
         (Arc::new(p), rx)
     }
 
+    /// Run `f` on a current-thread runtime with a `LocalSet`, as an actix worker does.
+    fn on_a_worker(f: impl std::future::Future<Output = ()>) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        tokio::task::LocalSet::new().block_on(&rt, f);
+    }
+
     fn text(out: Outbound) -> String {
         match out {
             Outbound::Direct(f) => f.to_string(),
@@ -171,12 +180,7 @@ mod tests {
 
     #[test]
     fn posts_from_another_thread_arrive_in_order() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap_or_else(|e| panic!("{e}"));
-        let local = tokio::task::LocalSet::new();
-        local.block_on(&rt, async {
+        on_a_worker(async {
             let mb = Mailbox::current(1_000_000);
             let (p, mut rx) = port(10_000, &mb);
             let poster = std::thread::spawn(move || {
@@ -197,12 +201,7 @@ mod tests {
 
     #[test]
     fn a_full_mailbox_or_queue_closes_the_session_as_slow_consumer() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap_or_else(|e| panic!("{e}"));
-        let local = tokio::task::LocalSet::new();
-        local.block_on(&rt, async {
+        on_a_worker(async {
             let mb = Mailbox::current(2);
             // The worker is busy (this task does not yield): the third post finds it full.
             let (a, _rx_a) = port(10, &mb);
