@@ -131,6 +131,9 @@ pub struct AuthSettings {
 pub struct SessionSettings {
     /// Outbound frames queued per session before it counts as a slow consumer (closed 4000).
     pub outbound_queue: usize,
+    /// Sends of one session waiting for their commit at once; beyond it the session stops
+    /// reading frames until one is answered.
+    pub max_inflight_sends: usize,
     /// Server ping interval.
     pub heartbeat_interval_ms: u64,
     /// A client silent for this long is closed (4001).

@@ -126,3 +126,104 @@ both_backends!(
         c.stop().await;
     }
 );
+
+both_backends!(
+    pipelined_sends_are_answered_in_order_and_each_ack_precedes_its_echo,
+    |b: Backend| async move {
+        // Several writers: sends to different threads commit out of request order, so later
+        // acks wait behind earlier ones while their echoes are already arriving.
+        let c = Cluster::start_with(b, 2, |s| {
+            raise_limits(s);
+            s.database.send_writers = 4;
+        })
+        .await;
+        let (_alice, at) = c.user("pipe_alice").await;
+        let (bob, bt) = c.user("pipe_bob").await;
+        let (carol, ct) = c.user("pipe_carol").await;
+        let mut threads = Vec::new();
+        for i in 0..6 {
+            let name = format!("pipelined {i}");
+            threads.push(
+                c.http(0)
+                    .create_thread(&at, &[&bob, &carol], Some(name.as_str()))
+                    .await,
+            );
+        }
+        let mut a = c.ws(0, &at).await;
+        let mut b = c.ws(1, &bt).await;
+        let mut cw = c.ws(1, &ct).await;
+        // Bob talks meanwhile, so Alice's socket has deliveries to write while her own sends
+        // wait for their commits.
+        let t0 = threads[0];
+        let bob_talks = tokio::spawn(async move {
+            for k in 0..20 {
+                let ack = b.send_msg(t0, &format!("b{k}"), "from bob").await;
+                assert_eq!(ack["type"], "ack", "{ack}");
+            }
+        });
+        const N: usize = 120;
+        let thread_of = |k: usize| threads[k % threads.len()];
+        for k in 0..N {
+            a.send_json(
+                json!({"type":"send","req":format!("r{k}"),"thread_id":thread_of(k),
+                "client_msg_id":format!("a{k}"),"body":format!("alice {k}")}),
+            )
+            .await;
+        }
+        let mut acked_reqs = Vec::new();
+        let mut acked_cids = std::collections::HashSet::new();
+        let mut last_seq: HashMap<String, i64> = HashMap::new();
+        let mut own_echoes = 0;
+        while acked_reqs.len() < N || own_echoes < N {
+            let Some(f) = a.next_frame(std::time::Duration::from_secs(10)).await else {
+                panic!(
+                    "alice stalled: {} acks, {own_echoes} echoes",
+                    acked_reqs.len()
+                );
+            };
+            match f["type"].as_str() {
+                Some("ack") => {
+                    acked_reqs.push(f["req"].as_str().unwrap_or_default().to_owned());
+                    acked_cids.insert(f["client_msg_id"].as_str().unwrap_or_default().to_owned());
+                }
+                Some("message") => {
+                    let thread = f["thread_id"].as_str().unwrap_or_default().to_owned();
+                    let seq = f["seq"].as_i64().unwrap_or(0);
+                    let last = last_seq.entry(thread).or_insert(0);
+                    assert_eq!(seq, *last + 1, "each thread is written in seq order");
+                    *last = seq;
+                    let cid = f["client_msg_id"].as_str().unwrap_or_default();
+                    if cid.starts_with('a') {
+                        assert!(acked_cids.contains(cid), "echo of {cid} before its ack");
+                        own_echoes += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let want: Vec<String> = (0..N).map(|k| format!("r{k}")).collect();
+        assert_eq!(acked_reqs, want, "acks in request order");
+        bob_talks.await.unwrap_or_else(|e| panic!("{e}"));
+        // Carol, on the other node, sees Alice's messages of each thread in the order sent.
+        let mut seen: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut total = 0;
+        while total < N {
+            let f = cw.recv_until(|f| f["type"] == "message").await;
+            let cid = f["client_msg_id"].as_str().unwrap_or_default();
+            if let Some(k) = cid.strip_prefix('a').and_then(|k| k.parse().ok()) {
+                let thread = f["thread_id"].as_str().unwrap_or_default().to_owned();
+                seen.entry(thread).or_default().push(k);
+                total += 1;
+            }
+        }
+        for (thread, ks) in seen {
+            let mut sorted = ks.clone();
+            sorted.sort();
+            assert_eq!(
+                ks, sorted,
+                "thread {thread}: one client's sends keep their order"
+            );
+        }
+        c.stop().await;
+    }
+);

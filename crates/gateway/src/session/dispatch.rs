@@ -46,6 +46,11 @@ impl Session {
                 .error(None, ErrorCode::BadRequest, "req is too long")
                 .await;
         }
+        if !matches!(frame, ClientFrame::Send { .. }) {
+            // Anything else sees the state after the client's earlier sends, as it would
+            // without pipelining.
+            self.flush_sends().await?;
+        }
         let result = self.handle(frame).await;
         match result {
             Ok(Some(reply)) => self.reply(&reply).await,
@@ -58,7 +63,6 @@ impl Session {
     }
 
     async fn handle(&mut self, frame: ClientFrame) -> Result<Option<ServerFrame>, HandleError> {
-        let me = self.auth.user.id;
         match frame {
             ClientFrame::Send {
                 req,
@@ -66,23 +70,9 @@ impl Session {
                 client_msg_id,
                 body,
             } => {
-                if !self.state.take_user_send(me) {
-                    return Err(Error::RateLimited("too many messages; slow down".into()).into());
-                }
-                let chat = self.state.chat.clone();
-                // Tracked so a drain waits for the commit and the ack.
-                let token = self.state.tracker.token();
-                let (msg, duplicate) = chat.send(me, thread_id, &client_msg_id, &body).await?;
-                drop(token);
-                Ok(Some(ServerFrame::Ack {
-                    req,
-                    thread_id,
-                    client_msg_id,
-                    id: msg.id,
-                    seq: msg.seq,
-                    created_at: msg.created_at,
-                    duplicate,
-                }))
+                // Answered in request order once stored (see `sending`).
+                self.start_send(req, thread_id, client_msg_id, body);
+                Ok(None)
             }
             ClientFrame::Resume { req, threads } => {
                 let results = self.resume(&threads).await?;

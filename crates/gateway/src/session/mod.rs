@@ -8,6 +8,7 @@
 
 mod dispatch;
 mod features;
+mod sending;
 
 use crate::auth::AuthUser;
 use crate::hub::{Outbound, SessionHandle, SessionShared};
@@ -46,6 +47,8 @@ pub(crate) struct Session {
     /// Last `seq` written per thread the user is in.
     pub(crate) cursors: HashMap<ThreadId, i64>,
     pub(crate) holding: bool,
+    /// Sends waiting for their commit, and frames held behind them.
+    pipeline: sending::Pipeline,
     shared: Arc<SessionShared>,
     frames: TokenBucket,
     strikes: u32,
@@ -85,6 +88,7 @@ pub async fn run(
         .register(SessionHandle::new(id, auth.user.id, tag, port));
     state.metrics.connections_open.inc();
     state.metrics.sessions_opened.inc();
+    let auth_user = auth.user.id;
     let mut session = Session {
         id,
         auth,
@@ -92,6 +96,7 @@ pub async fn run(
         ws,
         cursors: HashMap::new(),
         holding: opts.hold_for_resume,
+        pipeline: sending::Pipeline::new(auth_user),
         shared: shared.clone(),
         frames: TokenBucket::new(settings.limits.frames_per_sec, settings.limits.frames_burst),
         strikes: 0,
@@ -100,6 +105,10 @@ pub async fn run(
         Ok(()) => session.run_loop(&mut rx, stream).await,
         Err(reason) => End::Close(reason),
     };
+    if let End::Close(_) = end {
+        // Sends already taken get their answer before the close (a drain promises it).
+        let _ = tokio::time::timeout(CLOSE_WAIT, session.flush_sends()).await;
+    }
     // Cleanup, exactly once.
     state.hub.unregister(id);
     let user = session.auth.user.id;
@@ -172,6 +181,7 @@ impl Session {
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         heartbeat.tick().await;
         let timeout = Duration::from_millis(s.session.heartbeat_timeout_ms);
+        let max_inflight = s.session.max_inflight_sends.max(1);
         let mut last_heard = Instant::now();
         let hold_until = tokio::time::sleep(RESUME_HOLD);
         tokio::pin!(hold_until);
@@ -183,11 +193,19 @@ impl Session {
                 reason = shared.closed() => return End::Close(reason),
                 out = rx.recv(), if !self.holding => {
                     let Some(out) = out else { return End::Close(CloseReason::InternalError) };
-                    if let Err(end) = self.deliver(out).await {
+                    if let Err(end) = self.route(out).await {
                         return end;
                     }
                 }
-                msg = stream.next() => {
+                reply = self.pipeline.pending.next(), if self.pipeline.len() > 0 => {
+                    if let Some(reply) = reply {
+                        if let Err(end) = self.finish_send(reply).await {
+                            return end;
+                        }
+                    }
+                }
+                // With max_inflight sends waiting, stop reading: that is the client's backpressure.
+                msg = stream.next(), if self.pipeline.len() < max_inflight => {
                     last_heard = Instant::now();
                     let result = match msg {
                         None => return End::PeerGone,
@@ -202,7 +220,8 @@ impl Session {
                     self.holding = false;
                 }
                 _ = heartbeat.tick() => {
-                    if last_heard.elapsed() > timeout {
+                    // Not reading while sends wait is our doing, not the client's silence.
+                    if last_heard.elapsed() > timeout && self.pipeline.len() < max_inflight {
                         return End::Close(CloseReason::HeartbeatTimeout);
                     }
                     if self.ws.ping(b"").await.is_err() {

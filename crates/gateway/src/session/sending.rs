@@ -1,0 +1,215 @@
+//! Pipelined sends: a session keeps reading and delivering while its sends wait for their
+//! commits, instead of stopping everything for each one.
+//!
+//! Why: a send waits for the group commit that stores it. If the session stopped for that wait,
+//! deliveries to the same client piled up in its queue meanwhile, and a database lagging by a
+//! second turned every busy client into a "slow consumer" (closed 4000). It also capped each
+//! client at one message per commit round trip.
+//!
+//! What stays as it was:
+//! - replies to sends (`ack` or `error`) come in request order, up to
+//!   `session.max_inflight_sends` sends wait at once (then the session stops reading frames);
+//! - a client's own message never reaches it before its `ack`: while a send to a thread is
+//!   pending, that thread's frames are held from the client's own echo on (the thread stays in
+//!   `seq` order) until the `ack` is written;
+//! - any other frame waits until the pending sends are answered, so a `resume` or a history
+//!   request sees the state after them, as before;
+//! - a session asked to close (drain) answers its pending sends first.
+
+use super::{End, Session};
+use crate::error::Error;
+use crate::hub::Outbound;
+use confab_protocol::{CloseReason, ServerFrame, ThreadId};
+use futures_util::future::LocalBoxFuture;
+use futures_util::StreamExt;
+use std::collections::{HashMap, VecDeque};
+
+/// The answer to one send, once its commit returned (or it was refused).
+pub(super) struct SendReply {
+    thread: ThreadId,
+    req: String,
+    result: Result<(ServerFrame, i64), Error>,
+}
+
+/// A session's pending sends and the frames held behind them.
+#[derive(Default)]
+pub(crate) struct Pipeline {
+    pub(super) pending: futures_util::stream::FuturesOrdered<LocalBoxFuture<'static, SendReply>>,
+    /// Pending sends per thread.
+    to_thread: HashMap<ThreadId, usize>,
+    /// Highest `seq` acknowledged to this session per thread.
+    acked: HashMap<ThreadId, i64>,
+    /// Per thread, frames held from the client's own echo on (in arrival order).
+    held: HashMap<ThreadId, VecDeque<Outbound>>,
+    held_total: usize,
+    /// `"sender_id":"<me>"`: how a message frame names this session's user.
+    own_marker: String,
+}
+
+impl Pipeline {
+    /// An empty pipeline for the sessions of `user`.
+    pub(super) fn new(user: confab_protocol::UserId) -> Self {
+        Self {
+            own_marker: format!("\"sender_id\":\"{user}\""),
+            ..Self::default()
+        }
+    }
+
+    /// Sends waiting for their commit.
+    pub(super) fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    fn thread_of(out: &Outbound) -> Option<ThreadId> {
+        match out {
+            Outbound::Seq { thread, .. }
+            | Outbound::Thread { thread, .. }
+            | Outbound::Joined { thread, .. }
+            | Outbound::Left { thread } => Some(*thread),
+            Outbound::Direct(_) => None,
+        }
+    }
+
+    /// Whether `out` must wait behind a pending send's `ack`.
+    fn must_hold(&self, out: &Outbound) -> bool {
+        let Some(thread) = Self::thread_of(out) else {
+            return false;
+        };
+        if self.held.get(&thread).is_some_and(|q| !q.is_empty()) {
+            return true; // keep the thread in order behind what is already held
+        }
+        match out {
+            Outbound::Seq { seq, frame, .. } => {
+                self.to_thread.get(&thread).copied().unwrap_or(0) > 0
+                    && *seq > self.acked.get(&thread).copied().unwrap_or(i64::MIN)
+                    && frame.contains(self.own_marker.as_str())
+            }
+            _ => false,
+        }
+    }
+
+    /// The next held frame of `thread` that may go out now, if any.
+    fn releasable(&mut self, thread: ThreadId) -> Option<Outbound> {
+        let open = self.to_thread.get(&thread).copied().unwrap_or(0) > 0;
+        let acked = self.acked.get(&thread).copied().unwrap_or(i64::MIN);
+        let q = self.held.get_mut(&thread)?;
+        let free = match q.front()? {
+            Outbound::Seq { seq, frame, .. } => {
+                !open || *seq <= acked || !frame.contains(self.own_marker.as_str())
+            }
+            _ => true,
+        };
+        if !free {
+            return None;
+        }
+        let out = q.pop_front();
+        if q.is_empty() {
+            self.held.remove(&thread);
+        }
+        self.held_total -= usize::from(out.is_some());
+        out
+    }
+}
+
+impl Session {
+    /// Queue a send; its reply is written when its turn comes (see the module docs).
+    pub(super) fn start_send(
+        &mut self,
+        req: String,
+        thread_id: ThreadId,
+        client_msg_id: String,
+        body: String,
+    ) {
+        let me = self.auth.user.id;
+        *self.pipeline.to_thread.entry(thread_id).or_default() += 1;
+        if !self.state.take_user_send(me) {
+            let refused = SendReply {
+                thread: thread_id,
+                req,
+                result: Err(Error::RateLimited("too many messages; slow down".into())),
+            };
+            self.pipeline
+                .pending
+                .push_back(Box::pin(std::future::ready(refused)));
+            return;
+        }
+        let chat = self.state.chat.clone();
+        // Tracked so a drain waits for the commit and the ack.
+        let token = self.state.tracker.token();
+        self.pipeline.pending.push_back(Box::pin(async move {
+            let stored = chat.send(me, thread_id, &client_msg_id, &body).await;
+            drop(token);
+            let result = stored.map(|(msg, duplicate)| {
+                let seq = msg.seq;
+                let ack = ServerFrame::Ack {
+                    req: req.clone(),
+                    thread_id,
+                    client_msg_id,
+                    id: msg.id,
+                    seq,
+                    created_at: msg.created_at,
+                    duplicate,
+                };
+                (ack, seq)
+            });
+            SendReply {
+                thread: thread_id,
+                req,
+                result,
+            }
+        }));
+    }
+
+    /// Write a send's reply, then whatever it was holding back.
+    pub(super) async fn finish_send(&mut self, reply: SendReply) -> Result<(), End> {
+        let thread = reply.thread;
+        if let Some(n) = self.pipeline.to_thread.get_mut(&thread) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.pipeline.to_thread.remove(&thread);
+            }
+        }
+        match reply.result {
+            Ok((ack, seq)) => {
+                self.reply(&ack).await?;
+                let acked = self.pipeline.acked.entry(thread).or_insert(seq);
+                *acked = (*acked).max(seq);
+            }
+            Err(e) => {
+                self.error(Some(reply.req), e.code(), &e.public_message())
+                    .await?;
+            }
+        }
+        while let Some(out) = self.pipeline.releasable(thread) {
+            self.deliver(out).await?;
+        }
+        Ok(())
+    }
+
+    /// Answer every pending send, in order.
+    pub(super) async fn flush_sends(&mut self) -> Result<(), End> {
+        while let Some(reply) = self.pipeline.pending.next().await {
+            self.finish_send(reply).await?;
+        }
+        Ok(())
+    }
+
+    /// Deliver what the hub handed over, unless it must wait behind a pending send's `ack`.
+    pub(super) async fn route(&mut self, out: Outbound) -> Result<(), End> {
+        if !self.pipeline.must_hold(&out) {
+            return self.deliver(out).await;
+        }
+        if self.pipeline.held_total >= self.state.settings.session.outbound_queue.max(1) {
+            // Held frames count against the same bound as the queue they came from.
+            if self.shared.reason().is_none() {
+                self.state.metrics.slow_consumer_disconnects.inc();
+            }
+            return Err(End::Close(CloseReason::SlowConsumer));
+        }
+        if let Some(thread) = Pipeline::thread_of(&out) {
+            self.pipeline.held.entry(thread).or_default().push_back(out);
+            self.pipeline.held_total += 1;
+        }
+        Ok(())
+    }
+}
