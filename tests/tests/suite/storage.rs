@@ -6,16 +6,20 @@ use confab_tests::{both_backends, raise_limits, Backend, Cluster};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 
+/// Raised limits and `n` group-commit writers per node (threads are partitioned among them).
+fn with_writers(n: usize) -> impl Fn(&mut confab_gateway::Settings) {
+    move |s| {
+        raise_limits(s);
+        s.database.send_writers = n;
+    }
+}
+
 both_backends!(
     concurrent_sends_keep_seq_gap_free_and_idempotent,
     |b: Backend| async move {
         // Several writers per node: threads are partitioned among them, and the writers of
         // both nodes still meet on the same threads (on Postgres).
-        let c = Cluster::start_with(b, 2, |s| {
-            raise_limits(s);
-            s.database.send_writers = 3;
-        })
-        .await;
+        let c = Cluster::start_with(b, 2, with_writers(3)).await;
         let mut users = Vec::new();
         for i in 0..12 {
             users.push(c.user(&format!("w{i}")).await);
@@ -132,11 +136,7 @@ both_backends!(
     |b: Backend| async move {
         // Several writers: sends to different threads commit out of request order, so later
         // acks wait behind earlier ones while their echoes are already arriving.
-        let c = Cluster::start_with(b, 2, |s| {
-            raise_limits(s);
-            s.database.send_writers = 4;
-        })
-        .await;
+        let c = Cluster::start_with(b, 2, with_writers(4)).await;
         let (_alice, at) = c.user("pipe_alice").await;
         let (bob, bt) = c.user("pipe_bob").await;
         let (carol, ct) = c.user("pipe_carol").await;
