@@ -2,9 +2,10 @@
 //! of everything the broker delivers to them.
 //!
 //! It owns `thread → sessions` and `session → threads` behind one std mutex that is never held
-//! across an `.await`. It never awaits a socket: it `try_send`s a shared, already-serialized
-//! frame into each session's bounded queue, and a full queue closes that session as a slow
-//! consumer (the client resumes from its last `seq`, so nothing is silently lost).
+//! across an `.await`. It never awaits a socket: it hands a shared, already-serialized frame to
+//! each session's port — through the mailbox of the worker thread running the session (see
+//! [`crate::mailbox`]) into the session's bounded queue — and a full queue closes that session
+//! as a slow consumer (the client resumes from its last `seq`, so nothing is silently lost).
 //!
 //! Per subscribed thread it also tracks the last `seq` handed to sessions, so the node delivers
 //! every thread as a hole-free, ordered stream: a `seq` ahead of the next expected one is held

@@ -91,8 +91,9 @@ thread_local! {
 }
 
 impl Mailbox {
-    /// The mailbox of the worker this runs on, created (with its draining task) on first use.
-    /// Must be called on a thread with a tokio `LocalSet` (an actix worker).
+    /// The mailbox of the worker this runs on, created (with its draining task) on first use;
+    /// the bound given by that first call stays. Must be called on a thread with a tokio
+    /// `LocalSet` (an actix worker).
     pub fn current(max: usize) -> Arc<Mailbox> {
         CURRENT.with(|cell| {
             cell.borrow_mut()

@@ -1,5 +1,6 @@
 //! One WebSocket session: a single `select!` over inbound frames, the outbound queue, the
-//! heartbeat and close requests. The loop returns why it ended; cleanup runs once after it.
+//! client's sends waiting for their commits (see `sending`), the heartbeat and close requests.
+//! The loop returns why it ended; cleanup runs once after it.
 //!
 //! Delivery guarantee per session: for each thread it keeps a cursor (the last `seq` written).
 //! A message at or below the cursor is a duplicate and dropped; one above `cursor + 1` means a
