@@ -86,6 +86,14 @@ impl SessionShared {
         self.reason().unwrap_or(CloseReason::InternalError)
     }
 
+    /// Ask the session to close as a slow consumer, counting it once in `slow_consumers`.
+    pub fn close_slow_consumer(&self, slow_consumers: &prometheus::IntCounter) {
+        if self.reason().is_none() {
+            slow_consumers.inc();
+        }
+        self.close(CloseReason::SlowConsumer);
+    }
+
     /// The reason given, if any.
     pub fn reason(&self) -> Option<CloseReason> {
         CloseReason::from_code(self.reason.load(Ordering::Acquire))

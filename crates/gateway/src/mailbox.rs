@@ -12,7 +12,6 @@
 //! Order is kept: every push to a session goes through its worker's mailbox, first in, first out.
 
 use crate::hub::{Outbound, SessionShared};
-use confab_protocol::CloseReason;
 use prometheus::IntCounter;
 use std::cell::RefCell;
 use std::sync::{Arc, Mutex};
@@ -69,10 +68,7 @@ impl Port {
     }
 
     fn overflow(&self) {
-        if self.shared.reason().is_none() {
-            self.slow_consumers.inc();
-        }
-        self.shared.close(CloseReason::SlowConsumer);
+        self.shared.close_slow_consumer(&self.slow_consumers);
     }
 }
 
@@ -150,6 +146,7 @@ impl Mailbox {
 mod tests {
     use super::*;
     use bytestring::ByteString;
+    use confab_protocol::CloseReason;
 
     fn port(queue: usize, mailbox: &Arc<Mailbox>) -> (Arc<Port>, mpsc::Receiver<Outbound>) {
         let (tx, rx) = mpsc::channel(queue);

@@ -201,9 +201,8 @@ impl Session {
         }
         if self.pipeline.held_total >= self.state.settings.session.outbound_queue.max(1) {
             // Held frames count against the same bound as the queue they came from.
-            if self.shared.reason().is_none() {
-                self.state.metrics.slow_consumer_disconnects.inc();
-            }
+            self.shared
+                .close_slow_consumer(&self.state.metrics.slow_consumer_disconnects);
             return Err(End::Close(CloseReason::SlowConsumer));
         }
         if let Some(thread) = Pipeline::thread_of(&out) {
