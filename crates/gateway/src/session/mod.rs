@@ -187,9 +187,9 @@ impl Session {
         let hold_until = tokio::time::sleep(RESUME_HOLD);
         tokio::pin!(hold_until);
         loop {
-            // Unbiased on purpose: a client that keeps sending (each send awaits its commit)
-            // must not starve its own deliveries into a slow-consumer close, and a busy
-            // outbound queue must not starve the client's frames (and pongs) either.
+            // Unbiased on purpose: a client that keeps sending must not starve its own
+            // deliveries into a slow-consumer close, and a busy outbound queue must not starve
+            // the client's frames, pongs or the answers to its sends either.
             tokio::select! {
                 reason = shared.closed() => return End::Close(reason),
                 out = rx.recv(), if !self.holding => {
