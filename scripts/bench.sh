@@ -45,74 +45,20 @@ DB_URL=$(echo "$PG_ADMIN" | sed -E "s#^(postgres(ql)?://[^/]+)/[^?]*#\1/$DB_NAME
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 FD_LIMIT=$(ulimit -n)
 
+# shellcheck source=scripts/lib/nodes.sh
+. "$root/scripts/lib/nodes.sh"
 node_pids=()
 cleanup() {
-  for pid in "${node_pids[@]}"; do
-    kill -TERM "$pid" 2>/dev/null || true
-  done
-  for pid in "${node_pids[@]}"; do
-    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-  done
+  stop_nodes
   psql "$PG_ADMIN" -qc "DROP DATABASE IF EXISTS \"$DB_NAME\" WITH (FORCE)" >/dev/null 2>&1 || true
   redis-cli -u "$REDIS_URL" --scan --pattern "$PREFIX*" 2>/dev/null |
     xargs -r -n 500 redis-cli -u "$REDIS_URL" del >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 
-tcp_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-# A port nothing listens on (the nodes bind it right after).
-free_port() {
-  local p
-  while :; do
-    p=$((20000 + RANDOM % 12000))
-    tcp_open "$p" || { echo "$p"; return; }
-  done
-}
-
-# Status code of GET http://127.0.0.1:$1$2 ("" when nothing answers), without curl.
-http_status() {
-  (
-    exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 0
-    printf 'GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n' "$2" >&3
-    IFS=' ' read -r -t 3 _ code _ <&3 || true
-    echo "${code:-}"
-  ) 2>/dev/null
-}
-
-# Settings of every node: production defaults except the rate limits (raised so the benchmark
-# measures fan-out, not the limiter) and argon2's cost (256 KiB, 1 pass: setup registers
-# thousands of users; logins are not what is measured).
-NODE_ENV=(
-  CONFAB__DATABASE__URL="$DB_URL"
-  CONFAB__REDIS__URL="$REDIS_URL"
-  CONFAB__REDIS__KEY_PREFIX="$PREFIX"
-  CONFAB__CLUSTER__REPLICAS=2
-  CONFAB__LIMITS__FRAMES_PER_SEC=1000000
-  CONFAB__LIMITS__FRAMES_BURST=1000000
-  CONFAB__LIMITS__USER_SENDS_PER_SEC=1000000
-  CONFAB__LIMITS__USER_SENDS_BURST=1000000
-  CONFAB__AUTH__ARGON2_MEMORY_KIB=256
-  CONFAB__AUTH__ARGON2_ITERATIONS=1
-  CONFAB__LOG__LEVEL=warn
-)
-
-ports=()
-for i in 0 1; do
-  port=$(free_port)
-  ports+=("$port")
-  env "${NODE_ENV[@]}" CONFAB__SERVER__PORT="$port" CONFAB__NODE__ID="bench-n$i" \
-    "$BIN" >"$dir/node$i.log" 2>&1 &
-  node_pids+=("$!")
-  # Node 0 applies the migrations; wait for it before starting node 1.
-  for _ in $(seq 600); do
-    [ "$(http_status "$port" /readyz)" = 200 ] && break
-    kill -0 "${node_pids[$i]}" 2>/dev/null || die "node $i exited; see $dir/node$i.log"
-    sleep 0.1
-  done
-  [ "$(http_status "$port" /readyz)" = 200 ] || die "node $i never became ready; see $dir/node$i.log"
-done
+bench_node_env
+EXTRA_ENV=()
+start_nodes "$BIN" "$dir" 2
 N0="http://127.0.0.1:${ports[0]}"
 N1="http://127.0.0.1:${ports[1]}"
 P0=${node_pids[0]}
@@ -136,32 +82,14 @@ AUX=()
 [ -n "$PG_PID" ] && AUX+=("postgres=$PG_PID@$DB_NAME")
 AUX_ARG=$(IFS=,; echo "${AUX[*]}")
 
-# Before each scenario, let the machine calm down after the previous one (bounded): the nodes
-# finish cleaning up closed sessions, Postgres its vacuum, so no run pays for the one before.
-settle() {
-  local i b
-  for i in $(seq 20); do
-    b=$(busy_cpus)
-    awk -v b="$b" 'BEGIN{exit !(b > 0.3)}' || return 0
-  done
-  log "machine still busy ($b CPUs) after 60 s; going on"
-}
-
-# Run one scenario: record the exact command, append its JSON lines to the results.
+# Run one scenario once the machine calmed down after the previous one (`settle`): record the
+# exact command, append its JSON lines to the results.
 run() {
   settle
   echo "$*" | sed "s#$dir/bin/#target/release/#g; s#$root/##g" >>"$dir/commands.txt"
   "$@" >>"$dir/results.jsonl"
 }
 
-# Busy CPUs over the next 3 s (the whole machine, from /proc/stat).
-busy_cpus() {
-  local a b
-  a=$(awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $5+$6}' /proc/stat)
-  sleep 3
-  b=$(awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $5+$6}' /proc/stat)
-  echo "$a $b" | awk '{printf "%.2f", ($3-$1)/300}'
-}
 # Other work on the machine distorts every figure: wait (bounded) for it to calm down.
 quiet_wait="${BENCH_QUIET_WAIT:-300}"
 waited=0
