@@ -6,6 +6,7 @@ pub use sea_orm_migration::prelude::*;
 mod m0001_initial;
 mod m0002_feature_indexes;
 mod m0003_store_batch_function;
+mod m0004_one_index_for_seq_and_unread;
 
 /// All migrations in order.
 pub struct Migrator;
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0001_initial::Migration),
             Box::new(m0002_feature_indexes::Migration),
             Box::new(m0003_store_batch_function::Migration),
+            Box::new(m0004_one_index_for_seq_and_unread::Migration),
         ]
     }
 }
