@@ -102,15 +102,23 @@ pub async fn run(
         frames: TokenBucket::new(settings.limits.frames_per_sec, settings.limits.frames_burst),
         strikes: 0,
     };
-    let end = match session.start().await {
+    // Start-up and clean-up are boxed so that only while they run do they take memory: an
+    // idle session's task is sized by the largest state it can be in, and these hold database
+    // and Redis futures (measured: the task was ~12 KB; see BENCHMARKS.md, idle connections).
+    let end = match Box::pin(session.start()).await {
         Ok(()) => session.run_loop(&mut rx, stream).await,
         Err(reason) => End::Close(reason),
     };
+    Box::pin(finish(session, state, end)).await;
+}
+
+/// Clean-up after the loop, exactly once.
+async fn finish(mut session: Session, state: Arc<AppState>, end: End) {
+    let id = session.id;
     if let End::Close(_) = end {
         // Sends already taken get their answer before the close (a drain promises it).
         let _ = tokio::time::timeout(CLOSE_WAIT, session.flush_sends()).await;
     }
-    // Cleanup, exactly once.
     state.hub.unregister(id);
     let user = session.auth.user.id;
     crate::presence::Announcer::new(&state)
@@ -210,7 +218,10 @@ impl Session {
                     last_heard = Instant::now();
                     let result = match msg {
                         None => return End::PeerGone,
-                        Some(Ok(m)) => self.on_ws_message(m).await,
+                        // Boxed: the client-frame handlers (history, reads, reactions…) hold
+                        // database futures; inline they would size every idle session's task
+                        // for the largest of them. One allocation per inbound frame instead.
+                        Some(Ok(m)) => Box::pin(self.on_ws_message(m)).await,
                         Some(Err(e)) => Err(protocol_error_reason(&e)),
                     };
                     if let Err(end) = result {
@@ -309,7 +320,8 @@ impl Session {
                     return Ok(());
                 }
                 if seq > cursor + 1 {
-                    self.fill_gap(thread, cursor, seq).await?;
+                    // Boxed for the same reason as the client-frame handlers: rare, and large.
+                    Box::pin(self.fill_gap(thread, cursor, seq)).await?;
                 }
                 self.write(frame).await?;
                 self.state.metrics.deliveries.inc();
