@@ -235,33 +235,50 @@ impl Hub {
     }
 
     /// Add a session to threads, subscribing the node to the threads that had no local session.
-    /// Returns once the subscription is confirmed (or failed), with every thread's head read
-    /// *after* that point — so a message committed later is guaranteed to arrive live.
+    /// Returns once the subscription is confirmed (or failed), with every thread's head: for a
+    /// thread the node already followed, the last `seq` it handed to sessions; for the others,
+    /// read from the database *after* that point — either way, every later message arrives live.
     pub async fn join(
         &self,
         session: SessionId,
         threads: &[ThreadId],
     ) -> confab_persistence::Result<HashMap<ThreadId, i64>> {
-        let confirm = {
+        let (confirm, mut heads) = {
             let mut g = self.lock();
             let Some(handle) = g.sessions.get(&session).map(|s| s.handle.clone()) else {
                 return Ok(HashMap::new());
             };
             let new = add_to_threads(&mut g, &handle, threads);
-            self.subscribe_locked(new)
+            // Threads this node already follows need no database read: the session joined them
+            // under the same lock that hands out messages and advances `last`, so it gets
+            // exactly the messages after `last` — no duplicate, no hole. (A busy room's
+            // members connecting to one node cost one heads query instead of one each.)
+            let known: HashMap<ThreadId, i64> = threads
+                .iter()
+                .filter_map(|t| Some((*t, g.threads.get(t)?.last?)))
+                .collect();
+            (self.subscribe_locked(new), known)
         };
         if let Some(rx) = confirm {
             // A failed or slow subscription must not block the session: the broker keeps the
             // channel wanted and the sweep repairs whatever pub/sub misses meanwhile.
             let _ = tokio::time::timeout(Duration::from_secs(3), rx).await;
         }
-        let heads: HashMap<ThreadId, i64> = self
-            .store
-            .thread_heads(threads)
-            .await?
-            .into_iter()
+        let unknown: Vec<ThreadId> = threads
+            .iter()
+            .filter(|t| !heads.contains_key(t))
+            .copied()
             .collect();
-        self.init_heads(&heads);
+        if !unknown.is_empty() {
+            let read: HashMap<ThreadId, i64> = self
+                .store
+                .thread_heads(&unknown)
+                .await?
+                .into_iter()
+                .collect();
+            self.init_heads(&read);
+            heads.extend(read);
+        }
         Ok(heads)
     }
 

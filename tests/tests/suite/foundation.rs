@@ -476,6 +476,65 @@ both_backends!(
 );
 
 both_backends!(
+    a_session_joining_a_thread_its_node_already_follows_gets_no_dup_and_no_hole,
+    |b: Backend| async move {
+        // The node takes a joining session's head from what it already handed out (no database
+        // read): the replay must end exactly where live delivery begins.
+        let c = Cluster::start(b, 2).await;
+        let (_alice, at) = c.user("alice").await;
+        let (bob, bt) = c.user("bob").await;
+        let (carol, ct) = c.user("carol").await;
+        let thread = c
+            .http(0)
+            .create_thread(&at, &[&bob, &carol], Some("followed"))
+            .await;
+        let mut a = c.ws(0, &at).await;
+        // Carol keeps node 1 subscribed to the thread, so it knows the thread's head.
+        let mut carol_ws = c.ws(1, &ct).await;
+        for i in 1..=3 {
+            a.send_msg(thread, &format!("early{i}"), &format!("early{i}"))
+                .await;
+        }
+        carol_ws.recv_until(is_msg("early3")).await;
+        let url = format!("{}?token={}&resume=1", c.node(1).ws_base(), bt);
+        let mut bob_ws = confab_tests::Ws::connect_url(&url).await;
+        a.send_msg(thread, "live4", "live4").await;
+        bob_ws
+            .send_json(
+                json!({"type":"resume","req":"res","threads":[{"thread_id":thread,"last_seq":1}]}),
+            )
+            .await;
+        let mut seen = Vec::new();
+        let reply = loop {
+            let f = bob_ws
+                .recv_until(|f| f["type"] == "message" || f["type"] == "resumed")
+                .await;
+            if f["type"] == "resumed" {
+                break f;
+            }
+            seen.push(f["seq"].as_i64().unwrap_or(0));
+        };
+        assert_eq!(reply["threads"][0]["last_seq"], 3);
+        assert_eq!(seen, vec![2, 3]);
+        let live = bob_ws.recv_until(|f| f["type"] == "message").await;
+        assert_eq!(live["seq"], 4);
+        // Another session joining the followed thread without resuming gets live ones only.
+        let mut again = c.ws(1, &bt).await;
+        a.send_msg(thread, "live5", "live5").await;
+        let f = again.recv_until(|f| f["type"] == "message").await;
+        assert_eq!(f["seq"], 5);
+        for ws in [&mut bob_ws, &mut again] {
+            ws.expect_none(
+                |f| f["type"] == "message" && f["seq"].as_i64() != Some(5),
+                Duration::from_millis(500),
+            )
+            .await;
+        }
+        c.stop().await;
+    }
+);
+
+both_backends!(
     an_expired_token_is_refused_everywhere,
     |b: Backend| async move {
         let c = Cluster::start_with(b, 1, |s| s.auth.token_ttl_secs = 1).await;
