@@ -14,6 +14,7 @@ pub mod hub;
 pub mod keys;
 pub mod mailbox;
 pub mod metrics;
+pub mod outbox;
 pub mod presence;
 pub mod ratelimit;
 pub mod routes;

@@ -1,26 +1,27 @@
 //! Hand-off of deliveries from the broker's thread to the worker threads that run the sessions.
 //!
 //! Why it exists: the broker's reader runs on one thread and the sessions on the actix workers.
-//! Queueing into a session's channel straight from the reader wakes that session's task *across
+//! Queueing into a session's queue straight from the reader wakes that session's task *across
 //! threads* — a syscall to wake the worker and a context switch per delivery, which profiles
 //! showed as about half of a node's CPU under fan-out load. Instead, everything for the sessions
 //! of one worker goes into that worker's mailbox, and only the post that finds the mailbox empty
-//! wakes the worker. The worker's own task then queues each delivery into its session's channel,
+//! wakes the worker. The worker's own task then queues each delivery into its session's queue,
 //! where waking the session is a same-thread operation. Under load one wake-up carries hundreds
 //! of deliveries; when idle, latency is one wake-up, as before.
 //!
 //! Order is kept: every push to a session goes through its worker's mailbox, first in, first out.
 
 use crate::hub::{Outbound, SessionShared};
+use crate::outbox::Outbox;
 use prometheus::IntCounter;
 use std::cell::RefCell;
 use std::sync::{Arc, Mutex};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
 /// A session's queue as the hub sees it: where its frames go and how to close it.
 #[derive(Debug)]
 pub struct Port {
-    tx: mpsc::Sender<Outbound>,
+    outbox: Arc<Outbox>,
     shared: Arc<SessionShared>,
     slow_consumers: IntCounter,
     /// The mailbox of the worker running the session; `None` queues directly (a session not
@@ -29,15 +30,15 @@ pub struct Port {
 }
 
 impl Port {
-    /// A port over a session's channel; `mailbox` is its worker's (see [`Mailbox::current`]).
+    /// A port over a session's queue; `mailbox` is its worker's (see [`Mailbox::current`]).
     pub fn new(
-        tx: mpsc::Sender<Outbound>,
+        outbox: Arc<Outbox>,
         shared: Arc<SessionShared>,
         slow_consumers: IntCounter,
         mailbox: Option<Arc<Mailbox>>,
     ) -> Self {
         Self {
-            tx,
+            outbox,
             shared,
             slow_consumers,
             mailbox,
@@ -60,10 +61,8 @@ impl Port {
     /// Queue without waiting; a full queue closes the session as a slow consumer (it resumes
     /// from its last `seq`, so nothing is silently lost).
     fn push_now(&self, out: Outbound) {
-        match self.tx.try_send(out) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => self.overflow(),
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        if self.outbox.try_push(out).is_err() {
+            self.overflow();
         }
     }
 
@@ -148,11 +147,11 @@ mod tests {
     use bytestring::ByteString;
     use confab_protocol::CloseReason;
 
-    fn port(queue: usize, mailbox: &Arc<Mailbox>) -> (Arc<Port>, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(queue);
+    fn port(queue: usize, mailbox: &Arc<Mailbox>) -> (Arc<Port>, Arc<Outbox>) {
+        let rx = Arc::new(Outbox::new(queue));
         let counter = IntCounter::new("t", "t").unwrap_or_else(|e| panic!("{e}"));
         let p = Port::new(
-            tx,
+            rx.clone(),
             Arc::new(SessionShared::default()),
             counter,
             Some(mailbox.clone()),
@@ -180,7 +179,7 @@ mod tests {
     fn posts_from_another_thread_arrive_in_order() {
         on_a_worker(async {
             let mb = Mailbox::current(1_000_000);
-            let (p, mut rx) = port(10_000, &mb);
+            let (p, rx) = port(10_000, &mb);
             let poster = std::thread::spawn(move || {
                 for i in 0..5_000 {
                     p.push(Outbound::Direct(ByteString::from(i.to_string())));
@@ -188,7 +187,7 @@ mod tests {
             });
             for i in 0..5_000 {
                 let got = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv()).await;
-                let Ok(Some(got)) = got else {
+                let Ok(got) = got else {
                     panic!("delivery {i} did not arrive");
                 };
                 assert_eq!(text(got), i.to_string());

@@ -14,6 +14,7 @@ mod sending;
 use crate::auth::AuthUser;
 use crate::hub::{Outbound, SessionHandle, SessionShared};
 use crate::mailbox::{Mailbox, Port};
+use crate::outbox::Outbox;
 use crate::ratelimit::TokenBucket;
 use crate::state::AppState;
 use actix_ws::{CloseCode, Message as WsMessage, MessageStream, ProtocolError};
@@ -23,7 +24,6 @@ use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
 
 /// Options the client chose at the upgrade.
 #[derive(Clone, Copy, Debug, Default)]
@@ -71,7 +71,7 @@ pub async fn run(
 ) {
     let id = SessionId::new();
     let settings = state.settings.clone();
-    let (tx, mut rx) = mpsc::channel(settings.session.outbound_queue.max(1));
+    let outbox = Arc::new(Outbox::new(settings.session.outbound_queue));
     let shared = Arc::new(SessionShared::default());
     let tag = token_tag(&auth.token_hash);
     // Sessions run on actix workers; deliveries reach them through their worker's mailbox
@@ -79,7 +79,7 @@ pub async fn run(
     let max = settings.delivery.worker_mailbox_max;
     let mailbox = (max > 0).then(|| Mailbox::current(max));
     let port = Port::new(
-        tx,
+        outbox.clone(),
         shared.clone(),
         state.metrics.slow_consumer_disconnects.clone(),
         mailbox,
@@ -106,9 +106,11 @@ pub async fn run(
     // idle session's task is sized by the largest state it can be in, and these hold database
     // and Redis futures (measured: the task was ~12 KB; see BENCHMARKS.md, idle connections).
     let end = match Box::pin(session.start()).await {
-        Ok(()) => session.run_loop(&mut rx, stream).await,
+        Ok(()) => session.run_loop(&outbox, stream).await,
         Err(reason) => End::Close(reason),
     };
+    // Whatever the hub still hands over is for nobody now.
+    outbox.close();
     Box::pin(finish(session, state, end)).await;
 }
 
@@ -177,11 +179,7 @@ impl Session {
         self.reply(&hello).await.map_err(|_| CloseReason::Normal)
     }
 
-    async fn run_loop(
-        &mut self,
-        rx: &mut mpsc::Receiver<Outbound>,
-        mut stream: MessageStream,
-    ) -> End {
+    async fn run_loop(&mut self, outbox: &Outbox, mut stream: MessageStream) -> End {
         let shared = self.shared.clone();
         let s = self.state.settings.clone();
         let mut heartbeat = tokio::time::interval(Duration::from_millis(
@@ -200,8 +198,7 @@ impl Session {
             // the client's frames, pongs or the answers to its sends either.
             tokio::select! {
                 reason = shared.closed() => return End::Close(reason),
-                out = rx.recv(), if !self.holding => {
-                    let Some(out) = out else { return End::Close(CloseReason::InternalError) };
+                out = outbox.recv(), if !self.holding => {
                     if let Err(end) = self.route(out).await {
                         return end;
                     }
