@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod presence;
 pub mod ratelimit;
+pub mod redis_shared;
 pub mod routes;
 pub mod session;
 pub mod startup;

@@ -1,10 +1,11 @@
 //! Redis pub/sub broker: ONE pub/sub connection per node (never one per socket), a reader task
 //! that reconnects with exponential backoff and full jitter and resubscribes everything, a
 //! liveness probe that catches a connection which is open but no longer delivering, and a
-//! publisher task that pipelines queued publishes over a pooled connection.
+//! publisher task that pipelines queued publishes over a shared connection.
 
 use super::{BoxFuture, Broker, BrokerError, Inbound};
 use crate::metrics::Metrics;
+use crate::redis_shared::SharedRedis;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use rand::Rng;
@@ -54,7 +55,8 @@ pub struct RedisBroker {
     healthy: Arc<AtomicBool>,
     cancel: CancellationToken,
     metrics: Metrics,
-    pool: deadpool_redis::Pool,
+    /// Publishes share one connection (see `redis_shared`): no pool check per publish.
+    redis: SharedRedis,
 }
 
 impl RedisBroker {
@@ -90,8 +92,9 @@ impl RedisBroker {
         };
         let (ready_tx, ready_rx) = oneshot::channel();
         tokio::spawn(reader.run(Some(first), ready_tx));
+        let redis = SharedRedis::new(pool.clone());
         tokio::spawn(publisher(
-            pool.clone(),
+            redis.clone(),
             pub_rx,
             metrics.clone(),
             cancel.clone(),
@@ -103,7 +106,7 @@ impl RedisBroker {
             healthy,
             cancel,
             metrics,
-            pool,
+            redis,
         }))
     }
 }
@@ -120,13 +123,13 @@ impl Broker for RedisBroker {
         channel: String,
         payload: Bytes,
     ) -> BoxFuture<Result<(), BrokerError>> {
-        let pool = self.pool.clone();
+        let shared = self.redis.clone();
         Box::pin(async move {
-            let mut conn = pool.get().await.map_err(|e| BrokerError(e.to_string()))?;
+            let mut conn = shared.get().await.map_err(|e| BrokerError(e.to_string()))?;
             redis::cmd("PUBLISH")
                 .arg(&channel)
                 .arg(payload.as_ref())
-                .query_async::<i64>(&mut *conn)
+                .query_async::<i64>(&mut conn)
                 .await
                 .map(|_| ())
                 .map_err(|e| BrokerError(e.to_string()))
@@ -159,7 +162,7 @@ impl Broker for RedisBroker {
 /// Publishes in pipelines: whatever is queued when the connection is free goes out in one
 /// round trip (one write syscall for many publishes under load).
 async fn publisher(
-    pool: deadpool_redis::Pool,
+    shared: SharedRedis,
     mut rx: mpsc::Receiver<(String, Bytes)>,
     metrics: Metrics,
     cancel: CancellationToken,
@@ -178,9 +181,9 @@ async fn publisher(
         for (channel, payload) in batch.iter() {
             pipe.publish(channel, payload.as_ref()).ignore();
         }
-        let result = match pool.get().await {
+        let result = match shared.get().await {
             Ok(mut conn) => pipe
-                .query_async::<()>(&mut *conn)
+                .query_async::<()>(&mut conn)
                 .await
                 .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),

@@ -5,6 +5,7 @@
 
 use super::{Directory, DirectoryError};
 use crate::keys::Keys;
+use crate::redis_shared::{SharedConn, SharedRedis};
 use confab_protocol::{ThreadId, UserId};
 use deadpool_redis::Pool;
 
@@ -13,18 +14,21 @@ const WARM_TTL_SECS: i64 = 3600;
 
 /// Mirror in Redis.
 pub struct RedisDirectory {
-    pool: Pool,
+    redis: SharedRedis,
     keys: Keys,
 }
 
 impl RedisDirectory {
-    /// A directory over a command pool.
+    /// A directory over a connection shared from `pool`.
     pub fn new(pool: Pool, keys: Keys) -> Self {
-        Self { pool, keys }
+        Self {
+            redis: SharedRedis::new(pool),
+            keys,
+        }
     }
 
-    async fn conn(&self) -> Result<deadpool_redis::Connection, DirectoryError> {
-        self.pool
+    async fn conn(&self) -> Result<SharedConn, DirectoryError> {
+        self.redis
             .get()
             .await
             .map_err(|e| DirectoryError(e.to_string()))
@@ -54,7 +58,7 @@ impl Directory for RedisDirectory {
             pipe.sadd(self.keys.user_threads(*u), thread.to_string())
                 .ignore();
         }
-        pipe.query_async::<()>(&mut *conn).await.map_err(err)
+        pipe.query_async::<()>(&mut conn).await.map_err(err)
     }
 
     async fn remove_member(&self, thread: ThreadId, user: UserId) -> Result<(), DirectoryError> {
@@ -64,7 +68,7 @@ impl Directory for RedisDirectory {
             .ignore()
             .srem(self.keys.user_threads(user), thread.to_string())
             .ignore()
-            .query_async::<()>(&mut *conn)
+            .query_async::<()>(&mut conn)
             .await
             .map_err(err)
     }
@@ -73,7 +77,7 @@ impl Directory for RedisDirectory {
         let mut conn = self.conn().await?;
         let members: Vec<String> = redis::cmd("SMEMBERS")
             .arg(self.keys.user_threads(user))
-            .query_async(&mut *conn)
+            .query_async(&mut conn)
             .await
             .map_err(err)?;
         if !members.iter().any(|m| m == SENTINEL) {
@@ -102,7 +106,7 @@ impl Directory for RedisDirectory {
             .ignore()
             .expire(&key, WARM_TTL_SECS)
             .ignore()
-            .query_async::<()>(&mut *conn)
+            .query_async::<()>(&mut conn)
             .await
             .map_err(err)
     }
@@ -111,7 +115,7 @@ impl Directory for RedisDirectory {
         let mut conn = self.conn().await?;
         redis::cmd("DEL")
             .arg(self.keys.user_threads(user))
-            .query_async::<()>(&mut *conn)
+            .query_async::<()>(&mut conn)
             .await
             .map_err(err)
     }

@@ -9,6 +9,7 @@
 use super::scripts;
 use super::{answer, from_millis, Changes, Presence, PresenceError, Settled, Vacated};
 use crate::keys::Keys;
+use crate::redis_shared::{SharedConn, SharedRedis};
 use confab_protocol::api::UserPresence;
 use confab_protocol::{SessionId, UserId};
 use deadpool_redis::Pool;
@@ -52,7 +53,7 @@ struct NodeKeyParts {
 
 /// Presence in Redis.
 pub struct RedisPresence {
-    pool: Pool,
+    redis: SharedRedis,
     keys: Keys,
     node: String,
     ttl_ms: u64,
@@ -99,14 +100,14 @@ fn vacated_list(vals: &[Value]) -> Vec<Vacated> {
 }
 
 impl RedisPresence {
-    /// Presence for node `node` over a command pool; events go to `keys.control_channel()`.
+    /// Presence for node `node` over a connection shared from `pool`; events go to `keys.control_channel()`.
     pub fn new(pool: Pool, keys: Keys, node: &str, node_ttl: Duration, grace: Duration) -> Self {
         let parts = NodeKeyParts {
             alive: split(keys.node_alive(MARK)),
             sessions: split(keys.node_sessions(MARK)),
         };
         Self {
-            pool,
+            redis: SharedRedis::new(pool),
             channel: keys.control_channel(),
             keys,
             node: node.to_owned(),
@@ -128,8 +129,8 @@ impl RedisPresence {
         }
     }
 
-    async fn conn(&self) -> Result<deadpool_redis::Connection, PresenceError> {
-        self.pool.get().await.map_err(err)
+    async fn conn(&self) -> Result<SharedConn, PresenceError> {
+        self.redis.get().await.map_err(err)
     }
 
     fn local(&self) -> MutexGuard<'_, HashMap<SessionId, UserId>> {
@@ -152,7 +153,7 @@ impl RedisPresence {
             .arg(session.to_string())
             .arg(&self.node)
             .arg(user.to_string());
-        let v: i64 = inv.invoke_async(&mut *conn).await.map_err(err)?;
+        let v: i64 = inv.invoke_async(&mut conn).await.map_err(err)?;
         Ok(u64::try_from(v).ok().filter(|v| *v > 0))
     }
 
@@ -171,7 +172,7 @@ impl RedisPresence {
             .arg(session.to_string())
             .arg(user.to_string())
             .arg(self.grace_ms);
-        let (version, now): (i64, i64) = inv.invoke_async(&mut *conn).await.map_err(err)?;
+        let (version, now): (i64, i64) = inv.invoke_async(&mut conn).await.map_err(err)?;
         Ok(u64::try_from(version)
             .ok()
             .filter(|v| *v > 0)
@@ -200,7 +201,7 @@ impl RedisPresence {
                 .arg(&self.parts.sessions.1)
                 .arg(self.keys.user_sessions_prefix())
                 .arg(self.keys.user_presence_prefix());
-            let vals: Vec<Value> = inv.invoke_async(&mut *conn).await.map_err(err)?;
+            let vals: Vec<Value> = inv.invoke_async(&mut conn).await.map_err(err)?;
             let more = vals
                 .first()
                 .and_then(|v| i64::from_redis_value(v).ok())
@@ -295,7 +296,7 @@ impl Presence for RedisPresence {
             .arg(version)
             .arg(&self.channel)
             .arg(event);
-        let done: i64 = inv.invoke_async(&mut *conn).await.map_err(err)?;
+        let done: i64 = inv.invoke_async(&mut conn).await.map_err(err)?;
         Ok(done == 1)
     }
 
@@ -326,7 +327,7 @@ impl Presence for RedisPresence {
             .arg(version)
             .arg(&self.channel)
             .arg(event.unwrap_or(""));
-        let r: i64 = inv.invoke_async(&mut *conn).await.map_err(err)?;
+        let r: i64 = inv.invoke_async(&mut conn).await.map_err(err)?;
         Ok(match r {
             0 => Settled::Offline,
             ms if ms > 0 => Settled::NotYet(Duration::from_millis(ms.unsigned_abs())),
@@ -346,7 +347,7 @@ impl Presence for RedisPresence {
                 .key(self.keys.nodes())
                 .arg(&self.node)
                 .arg(self.ttl_ms);
-            inv.invoke_async(&mut *conn).await.map_err(err)?
+            inv.invoke_async(&mut conn).await.map_err(err)?
         };
         let changes = self.resync(existed == 0).await?;
         drop(left);
@@ -365,7 +366,7 @@ impl Presence for RedisPresence {
             .arg(OVERDUE_BATCH)
             .arg(self.keys.user_sessions_prefix())
             .arg(self.keys.user_presence_prefix());
-        let vals: Vec<Value> = inv.invoke_async(&mut *conn).await.map_err(err)?;
+        let vals: Vec<Value> = inv.invoke_async(&mut conn).await.map_err(err)?;
         Ok(vacated_list(&vals))
     }
 
@@ -382,7 +383,7 @@ impl Presence for RedisPresence {
             .ignore()
             .zrem(self.keys.nodes(), &self.node)
             .ignore()
-            .query_async::<()>(&mut *conn)
+            .query_async::<()>(&mut conn)
             .await
             .map_err(err)
     }
@@ -396,7 +397,7 @@ impl Presence for RedisPresence {
                 .zscore(self.keys.presence_pending(), u.to_string())
                 .hget(self.keys.user_presence(*u), "ls");
         }
-        let vals: Vec<Value> = pipe.query_async(&mut *conn).await.map_err(err)?;
+        let vals: Vec<Value> = pipe.query_async(&mut conn).await.map_err(err)?;
         let now = vals
             .first()
             .and_then(|v| <(i64, i64)>::from_redis_value(v).ok())
