@@ -43,17 +43,9 @@ PREFIX="${CLUSTER_PREFIX:-confab_cluster}"
 log() { echo "cluster: $*" >&2; }
 die() { log "$*"; exit 1; }
 
-tcp_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-# Status code of GET http://127.0.0.1:$1$2 ("" when nothing answers), without curl.
-http_status() {
-  (
-    exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 0
-    printf 'GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n' "$2" >&3
-    IFS=' ' read -r -t 3 _ code _ <&3 || true
-    echo "${code:-}"
-  ) 2>/dev/null
-}
+# tcp_open, http_status (and the benchmarks' node helpers).
+# shellcheck source=scripts/lib/nodes.sh
+. "$root/scripts/lib/nodes.sh"
 
 # Body of GET http://127.0.0.1:$1$2.
 http_body() {

@@ -1,5 +1,5 @@
-# Shared by scripts/bench.sh and scripts/bench-ab.sh (sourced, not run): start release gateway
-# nodes on loopback the way the benchmarks start them, and stop them again.
+# Shared by scripts/bench.sh, bench-ab.sh and cluster.sh (sourced, not run): HTTP probes without
+# curl, and starting and stopping release gateway nodes on loopback the way the benchmarks do.
 #
 # The caller sets DB_URL, REDIS_URL and PREFIX before calling `bench_node_env`, and defines
 # `die`. `start_nodes BIN LOGDIR [N]` fills `ports` and `node_pids`; `stop_nodes` ends them.

@@ -8,6 +8,29 @@ fn is_msg(body: &'static str) -> impl Fn(&Value) -> bool {
     move |f| f["type"] == "message" && f["body"] == body
 }
 
+/// Send a `resume` of one thread from `last_seq`; returns the `seq`s replayed before the
+/// `resumed` reply, and the reply.
+async fn resume_one(
+    ws: &mut confab_tests::Ws,
+    thread: confab_protocol::ThreadId,
+    last_seq: i64,
+) -> (Vec<i64>, Value) {
+    ws.send_json(
+        json!({"type":"resume","req":"res","threads":[{"thread_id":thread,"last_seq":last_seq}]}),
+    )
+    .await;
+    let mut replayed = Vec::new();
+    loop {
+        let f = ws
+            .recv_until(|f| f["type"] == "message" || f["type"] == "resumed")
+            .await;
+        if f["type"] == "resumed" {
+            return (replayed, f);
+        }
+        replayed.push(f["seq"].as_i64().unwrap_or(0));
+    }
+}
+
 both_backends!(
     message_reaches_members_on_other_nodes_and_not_strangers,
     |b: Backend| async move {
@@ -440,22 +463,8 @@ both_backends!(
         let url = format!("{}?token={}&resume=1", c.node(1).ws_base(), bt);
         let mut bob_ws = confab_tests::Ws::connect_url(&url).await;
         a.send_msg(thread, "live4", "live4").await;
-        bob_ws
-            .send_json(
-                json!({"type":"resume","req":"res","threads":[{"thread_id":thread,"last_seq":1}]}),
-            )
-            .await;
         // Replayed messages come first, in order, then the reply, then live delivery.
-        let mut before_reply = Vec::new();
-        let reply = loop {
-            let f = bob_ws
-                .recv_until(|f| f["type"] == "message" || f["type"] == "resumed")
-                .await;
-            if f["type"] == "resumed" {
-                break f;
-            }
-            before_reply.push(f["seq"].as_i64().unwrap_or(0));
-        };
+        let (before_reply, reply) = resume_one(&mut bob_ws, thread, 1).await;
         assert_eq!(reply["req"], "res");
         let r = &reply["threads"][0];
         assert_eq!(r["truncated"], false);
@@ -499,21 +508,7 @@ both_backends!(
         let url = format!("{}?token={}&resume=1", c.node(1).ws_base(), bt);
         let mut bob_ws = confab_tests::Ws::connect_url(&url).await;
         a.send_msg(thread, "live4", "live4").await;
-        bob_ws
-            .send_json(
-                json!({"type":"resume","req":"res","threads":[{"thread_id":thread,"last_seq":1}]}),
-            )
-            .await;
-        let mut seen = Vec::new();
-        let reply = loop {
-            let f = bob_ws
-                .recv_until(|f| f["type"] == "message" || f["type"] == "resumed")
-                .await;
-            if f["type"] == "resumed" {
-                break f;
-            }
-            seen.push(f["seq"].as_i64().unwrap_or(0));
-        };
+        let (seen, reply) = resume_one(&mut bob_ws, thread, 1).await;
         assert_eq!(reply["threads"][0]["last_seq"], 3);
         assert_eq!(seen, vec![2, 3]);
         let live = bob_ws.recv_until(|f| f["type"] == "message").await;
