@@ -94,7 +94,7 @@ pub async fn authenticate(state: &AppState, token: Option<String>) -> Result<Aut
         return Err(Error::Unauthorized("invalid token".into()));
     }
     let hash = token_hash(&token);
-    match state.store.token_user(&hash, chrono::Utc::now()).await? {
+    match state.lookups.token_user(&hash).await? {
         Some((user, _exp)) => Ok(AuthUser {
             user,
             token_hash: hash,

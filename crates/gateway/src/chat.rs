@@ -8,6 +8,7 @@ use crate::directory::Directory;
 use crate::envelope::{ControlEvent, Envelope};
 use crate::error::{Error, Result};
 use crate::keys::Keys;
+use crate::lookups::Lookups;
 use crate::metrics::Metrics;
 use confab_persistence::{SendBatcher, SendOutcome, Store};
 use confab_protocol::api::CreateThread;
@@ -24,6 +25,7 @@ mod rooms;
 pub struct Chat {
     /// The database.
     pub store: Store,
+    lookups: Arc<Lookups>,
     /// Group commit of sends (Postgres); `None` stores each send on its own (SQLite).
     batcher: Option<SendBatcher>,
     broker: Arc<dyn Broker>,
@@ -37,7 +39,7 @@ pub struct Chat {
 impl Chat {
     /// Assemble the service.
     pub fn new(
-        store: Store,
+        lookups: Arc<Lookups>,
         batcher: Option<SendBatcher>,
         broker: Arc<dyn Broker>,
         directory: Arc<dyn Directory>,
@@ -46,7 +48,8 @@ impl Chat {
         limits: Arc<LimitSettings>,
     ) -> Self {
         Self {
-            store,
+            store: lookups.store().clone(),
+            lookups,
             batcher,
             broker,
             directory,
@@ -284,7 +287,7 @@ impl Chat {
     /// The threads of a user, from the source of truth. Sessions use this at connect: a stale
     /// mirror must never let a former member subscribe to a thread.
     pub async fn user_threads(&self, user: UserId) -> Result<Vec<ThreadId>> {
-        let threads = self.store.user_thread_ids(user).await?;
+        let threads = self.lookups.user_thread_ids(user).await?;
         if let Err(e) = self.directory.warm_user(user, &threads).await {
             tracing::debug!(error = %e, "directory warm failed");
         }

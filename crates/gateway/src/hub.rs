@@ -15,6 +15,7 @@
 use crate::broker::{Broker, Inbound};
 use crate::envelope::{ControlEvent, Envelope};
 use crate::keys::Keys;
+use crate::lookups::Lookups;
 use crate::mailbox::Port;
 use crate::metrics::Metrics;
 use bytestring::ByteString;
@@ -173,6 +174,7 @@ pub struct Hub {
     inner: Mutex<Inner>,
     broker: OnceLock<Arc<dyn Broker>>,
     store: Store,
+    lookups: Arc<Lookups>,
     keys: Keys,
     /// Cached channel names: the reader compares every arriving channel against them.
     control_channel: String,
@@ -188,6 +190,7 @@ impl Hub {
     /// A hub with no broker yet (see [`Hub::set_broker`]).
     pub fn new(
         store: Store,
+        lookups: Arc<Lookups>,
         keys: Keys,
         metrics: Metrics,
         max_pending: usize,
@@ -197,6 +200,7 @@ impl Hub {
             inner: Mutex::new(Inner::default()),
             broker: OnceLock::new(),
             store,
+            lookups,
             control_channel: keys.control_channel(),
             thread_prefix: keys.thread_channel_prefix(),
             keys,
@@ -271,7 +275,7 @@ impl Hub {
             .collect();
         if !unknown.is_empty() {
             let read: HashMap<ThreadId, i64> = self
-                .store
+                .lookups
                 .thread_heads(&unknown)
                 .await?
                 .into_iter()

@@ -6,12 +6,14 @@
 pub mod auth;
 pub mod broker;
 pub mod chat;
+pub mod coalesce;
 pub mod config;
 pub mod directory;
 pub mod envelope;
 pub mod error;
 pub mod hub;
 pub mod keys;
+pub mod lookups;
 pub mod mailbox;
 pub mod metrics;
 pub mod outbox;

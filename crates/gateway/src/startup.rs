@@ -7,6 +7,7 @@ use crate::directory::{Directory, MemoryDirectory, RedisDirectory};
 use crate::error::{Error, Result};
 use crate::hub::Hub;
 use crate::keys::Keys;
+use crate::lookups::Lookups;
 use crate::metrics::Metrics;
 use crate::presence::{Announcer, MemoryPresence, Presence, RedisPresence};
 use crate::ratelimit::TokenBucket;
@@ -97,8 +98,10 @@ impl Application {
         .await
         .map_err(|e| startup_err("connecting to the database", e))?;
 
+        let lookups = Arc::new(Lookups::new(store.clone()));
         let hub = Hub::new(
             store.clone(),
+            lookups.clone(),
             keys.clone(),
             metrics.clone(),
             settings.delivery.max_pending_per_thread,
@@ -126,7 +129,7 @@ impl Application {
             )
         });
         let chat = Chat::new(
-            store.clone(),
+            lookups.clone(),
             batcher,
             broker.clone(),
             directory,
@@ -139,6 +142,7 @@ impl Application {
             node_id: node_id.clone(),
             store,
             hub: hub.clone(),
+            lookups,
             broker,
             chat,
             presence,

@@ -25,6 +25,8 @@ pub struct AppState {
     pub store: Store,
     /// Local fan-out.
     pub hub: Arc<Hub>,
+    /// Connect-time reads, batched across concurrent connects.
+    pub lookups: Arc<crate::lookups::Lookups>,
     /// Cross-node fan-out.
     pub broker: Arc<dyn Broker>,
     /// The chat service.

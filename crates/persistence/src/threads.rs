@@ -10,6 +10,7 @@ use sea_orm::{
     ActiveValue::Set, ColumnTrait, EntityTrait, JoinType, QueryFilter, QuerySelect, RelationDef,
     TransactionTrait,
 };
+use std::collections::HashMap;
 
 fn direct_key(a: UserId, b: UserId) -> String {
     let (lo, hi) = if a.0 <= b.0 { (a, b) } else { (b, a) };
@@ -176,6 +177,30 @@ impl Store {
             .all(&self.db)
             .await?;
         Ok(rows.into_iter().map(ThreadId).collect())
+    }
+
+    /// [`Store::user_thread_ids`] for many users in one round trip (concurrent connects share
+    /// it). Every user asked for has an entry, empty when they are in no thread.
+    pub async fn users_thread_ids(
+        &self,
+        users: &[UserId],
+    ) -> Result<HashMap<UserId, Vec<ThreadId>>> {
+        let mut out: HashMap<UserId, Vec<ThreadId>> =
+            users.iter().map(|u| (*u, Vec::new())).collect();
+        for chunk in users.chunks(500) {
+            let rows: Vec<(uuid::Uuid, uuid::Uuid)> = thread_member::Entity::find()
+                .select_only()
+                .column(thread_member::Column::UserId)
+                .column(thread_member::Column::ThreadId)
+                .filter(thread_member::Column::UserId.is_in(chunk.iter().map(|u| u.0)))
+                .into_tuple()
+                .all(&self.db)
+                .await?;
+            for (user, thread) in rows {
+                out.entry(UserId(user)).or_default().push(ThreadId(thread));
+            }
+        }
+        Ok(out)
     }
 
     /// Those of `candidates` who share at least one thread with `user` (for presence queries).

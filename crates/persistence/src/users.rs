@@ -6,6 +6,7 @@ use chrono::{DateTime, SubsecRound, Utc};
 use confab_protocol::{UserId, UserRef};
 use sea_orm::sea_query::Expr;
 use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use std::collections::HashMap;
 
 /// What login needs to check a password.
 #[derive(Clone, Debug)]
@@ -147,6 +148,47 @@ impl Store {
                 expires_at,
             )
         }))
+    }
+
+    /// [`Store::token_user`] for many tokens in one round trip (concurrent connects share it):
+    /// the live ones, by hash.
+    pub async fn token_users(
+        &self,
+        token_hashes: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<HashMap<String, (UserRef, DateTime<Utc>)>> {
+        if token_hashes.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rows: Vec<(String, uuid::Uuid, String, DateTime<Utc>)> = auth_token::Entity::find()
+            .select_only()
+            .column_as(auth_token::Column::TokenHash, "token_hash")
+            .column_as(user::Column::Id, "id")
+            .column_as(user::Column::Username, "username")
+            .column_as(auth_token::Column::ExpiresAt, "expires_at")
+            .join(
+                sea_orm::JoinType::InnerJoin,
+                auth_token::Entity::belongs_to(user::Entity)
+                    .from(auth_token::Column::UserId)
+                    .to(user::Column::Id)
+                    .into(),
+            )
+            .filter(auth_token::Column::TokenHash.is_in(token_hashes.iter().cloned()))
+            .filter(auth_token::Column::RevokedAt.is_null())
+            .filter(auth_token::Column::ExpiresAt.gt(now))
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(hash, id, username, expires_at)| {
+                let user = UserRef {
+                    id: UserId(id),
+                    username,
+                };
+                (hash, (user, expires_at))
+            })
+            .collect())
     }
 
     /// Revoke a token (log out). `NotFound` when there is no such live token.

@@ -1,0 +1,106 @@
+//! The reads every connect makes — token, the user's threads, thread heads — batched across
+//! concurrent connects on Postgres (see [`crate::coalesce`]); direct on SQLite, which has one
+//! connection and nothing to share. A batch that fails is retried alone, so each caller still
+//! gets its own typed error.
+
+use crate::coalesce::Coalescer;
+use chrono::{DateTime, Utc};
+use confab_persistence::{Backend, Result, Store};
+use confab_protocol::{ThreadId, UserId, UserRef};
+use futures_util::future::join_all;
+
+type TokenRow = (UserRef, DateTime<Utc>);
+
+struct Batched {
+    tokens: Coalescer<String, TokenRow>,
+    threads: Coalescer<UserId, Vec<ThreadId>>,
+    heads: Coalescer<ThreadId, i64>,
+}
+
+/// Connect-time reads (see the module docs).
+pub struct Lookups {
+    store: Store,
+    batched: Option<Batched>,
+}
+
+impl std::fmt::Debug for Lookups {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lookups")
+            .field("batched", &self.batched.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Lookups {
+    /// Batched on Postgres. Must be called inside a tokio runtime (it starts the batching
+    /// tasks).
+    pub fn new(store: Store) -> Self {
+        let batched = (store.backend() == Backend::Postgres).then(|| {
+            let s = store.clone();
+            let tokens = Coalescer::new(move |hashes: Vec<String>| {
+                let s = s.clone();
+                async move { s.token_users(&hashes, Utc::now()).await }
+            });
+            let s = store.clone();
+            let threads = Coalescer::new(move |users: Vec<UserId>| {
+                let s = s.clone();
+                async move { s.users_thread_ids(&users).await }
+            });
+            let s = store.clone();
+            let heads = Coalescer::new(move |ids: Vec<ThreadId>| {
+                let s = s.clone();
+                async move {
+                    Ok::<_, confab_persistence::Error>(
+                        s.thread_heads(&ids).await?.into_iter().collect(),
+                    )
+                }
+            });
+            Batched {
+                tokens,
+                threads,
+                heads,
+            }
+        });
+        Self { store, batched }
+    }
+
+    /// The store these read from.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The live token with this hash: its user and expiry.
+    pub async fn token_user(&self, token_hash: &str) -> Result<Option<TokenRow>> {
+        if let Some(b) = &self.batched {
+            if let Ok(found) = b.tokens.get(token_hash.to_owned()).await {
+                return Ok(found);
+            }
+        }
+        self.store.token_user(token_hash, Utc::now()).await
+    }
+
+    /// The threads `user` is a member of.
+    pub async fn user_thread_ids(&self, user: UserId) -> Result<Vec<ThreadId>> {
+        if let Some(b) = &self.batched {
+            if let Ok(found) = b.threads.get(user).await {
+                return Ok(found.unwrap_or_default());
+            }
+        }
+        self.store.user_thread_ids(user).await
+    }
+
+    /// `(thread, last_seq)` of the threads in `ids` that exist.
+    pub async fn thread_heads(&self, ids: &[ThreadId]) -> Result<Vec<(ThreadId, i64)>> {
+        if let Some(b) = &self.batched {
+            let found = join_all(ids.iter().map(|t| b.heads.get(*t))).await;
+            if found.iter().all(Result::is_ok) {
+                return Ok(ids
+                    .iter()
+                    .zip(found)
+                    .filter_map(|(t, r)| Some((*t, r.ok()??)))
+                    .collect());
+            }
+        }
+        self.store.thread_heads(ids).await
+    }
+}
