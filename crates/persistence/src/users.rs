@@ -120,34 +120,12 @@ impl Store {
         token_hash: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<(UserRef, DateTime<Utc>)>> {
-        // One round trip: every WebSocket connect and HTTP request runs this.
-        let row: Option<(uuid::Uuid, String, DateTime<Utc>)> = auth_token::Entity::find()
-            .select_only()
-            .column_as(user::Column::Id, "id")
-            .column_as(user::Column::Username, "username")
-            .column_as(auth_token::Column::ExpiresAt, "expires_at")
-            .join(
-                sea_orm::JoinType::InnerJoin,
-                auth_token::Entity::belongs_to(user::Entity)
-                    .from(auth_token::Column::UserId)
-                    .to(user::Column::Id)
-                    .into(),
-            )
-            .filter(auth_token::Column::TokenHash.eq(token_hash))
-            .filter(auth_token::Column::RevokedAt.is_null())
-            .filter(auth_token::Column::ExpiresAt.gt(now))
-            .into_tuple()
-            .one(&self.db)
-            .await?;
-        Ok(row.map(|(id, username, expires_at)| {
-            (
-                UserRef {
-                    id: UserId(id),
-                    username,
-                },
-                expires_at,
-            )
-        }))
+        // One query shape for one token or many: on Postgres the gateway batches concurrent
+        // lookups through `token_users`; this serves SQLite and a failed batch's retries.
+        Ok(self
+            .token_users(&[token_hash.to_owned()], now)
+            .await?
+            .remove(token_hash))
     }
 
     /// [`Store::token_user`] for many tokens in one round trip (concurrent connects share it):
