@@ -3,6 +3,15 @@
 use confab_gateway::{telemetry, Application, Settings};
 use secrecy::ExposeSecret;
 
+/// jemalloc instead of glibc's malloc. Sessions are created and dropped on different threads
+/// than much of what they allocate is freed on, and glibc's arenas spent ~13% of a node's CPU
+/// in malloc/free (profile of 12,000 connects). Measured with `scripts/bench-ab.sh`, 2 rounds
+/// each: node CPU per connect -14%, idle RSS per connection 20.3 → 19.8 KiB, fan-out
+/// deliveries per CPU-s +4-5%. (mimalloc was measured too: faster, but +33% idle RSS.)
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[actix_web::main]
 async fn main() -> std::process::ExitCode {
     let settings = match Settings::load() {
