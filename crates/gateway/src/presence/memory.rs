@@ -75,6 +75,7 @@ impl Presence for MemoryPresence {
         &self,
         user: UserId,
         session: SessionId,
+        event: Option<&str>,
     ) -> Result<Option<u64>, PresenceError> {
         let now = now_ms();
         let mut g = self.lock();
@@ -86,7 +87,12 @@ impl Presence for MemoryPresence {
         match st.pending.take() {
             // Back within the grace period: they never went offline for anyone.
             Some(due) if due > now => Ok(None),
-            _ => Ok(Some(st.version)),
+            _ => {
+                if let Some(event) = event {
+                    self.publish(event);
+                }
+                Ok(Some(st.version))
+            }
         }
     }
 

@@ -67,12 +67,14 @@ pub struct Changes {
 #[async_trait::async_trait]
 pub trait Presence: Send + Sync + 'static {
     /// Count a session of `user` on this node. `Some(version)` when that brought the user online
-    /// (their first session anywhere, and not a reconnect within the grace period): announce it
-    /// with [`Presence::announce_online`].
+    /// (their first session anywhere, and not a reconnect within the grace period); `event`, if
+    /// given, is then published in the same atomic step (one Redis round trip per connect
+    /// instead of a second one through [`Presence::announce_online`]).
     async fn session_opened(
         &self,
         user: UserId,
         session: SessionId,
+        event: Option<&str>,
     ) -> Result<Option<u64>, PresenceError>;
 
     /// Publish `event` if `user` is online and unchanged since `version`; whether it was.

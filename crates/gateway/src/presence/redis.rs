@@ -141,8 +141,13 @@ impl RedisPresence {
         self.retry.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Run the open script: `Some(version)` when an online event is due.
-    async fn open(&self, user: UserId, session: SessionId) -> Result<Option<u64>, PresenceError> {
+    /// Run the open script: `Some(version)` when the user came online (`event` published then).
+    async fn open(
+        &self,
+        user: UserId,
+        session: SessionId,
+        event: Option<&str>,
+    ) -> Result<Option<u64>, PresenceError> {
         let mut conn = self.conn().await?;
         let mut inv = self.scripts.open.prepare_invoke();
         inv.key(self.keys.user_sessions(user))
@@ -152,7 +157,9 @@ impl RedisPresence {
             .key(self.keys.nodes())
             .arg(session.to_string())
             .arg(&self.node)
-            .arg(user.to_string());
+            .arg(user.to_string())
+            .arg(&self.channel)
+            .arg(event.unwrap_or(""));
         let v: i64 = inv.invoke_async(&mut conn).await.map_err(err)?;
         Ok(u64::try_from(v).ok().filter(|v| *v > 0))
     }
@@ -239,7 +246,8 @@ impl RedisPresence {
         let snapshot: Vec<(SessionId, UserId)> =
             self.local().iter().map(|(s, u)| (*s, *u)).collect();
         for (session, user) in &snapshot {
-            match self.open(*user, *session).await {
+            match self.open(*user, *session, None).await {
+                // Announced by the caller, with the threads read from the database.
                 Ok(Some(v)) => changes.online.push((*user, v)),
                 Ok(None) => {}
                 Err(e) => {
@@ -276,9 +284,10 @@ impl Presence for RedisPresence {
         &self,
         user: UserId,
         session: SessionId,
+        event: Option<&str>,
     ) -> Result<Option<u64>, PresenceError> {
         self.local().insert(session, user);
-        self.open(user, session).await.inspect_err(|_| {
+        self.open(user, session, event).await.inspect_err(|_| {
             self.retry().resync = true;
         })
     }

@@ -15,9 +15,10 @@ macro_rules! now_ms {
 }
 
 /// KEYS: user sessions, node sessions, user meta, pending, nodes.
-/// ARGV: session, node, user.
-/// Returns the new version (> 0) when the user came online and an online event is due; its
-/// negation when they came back within the grace period (no event); 0 when nothing changed.
+/// ARGV: session, node, user, channel, online event ('' = none).
+/// Returns the new version (> 0) when the user came online and an online event is due (and
+/// publishes the event given, in the same atomic step); its negation when they came back within
+/// the grace period (no event); 0 when nothing changed.
 pub const OPEN: &str = concat!(
     now_ms!(),
     r"
@@ -32,12 +33,16 @@ redis.call('ZREM', KEYS[4], ARGV[3])
 if due and tonumber(due) > now then
   return -v
 end
+if ARGV[5] ~= '' then
+  redis.call('PUBLISH', ARGV[4], ARGV[5])
+end
 return v
 "
 );
 
 /// KEYS: user meta, user sessions. ARGV: version, channel, payload.
-/// Publishes the online event if the user is online and unchanged since `version`.
+/// Publishes the online event if the user is online and unchanged since `version` (for
+/// transitions found by a resync; a session's own open publishes with `OPEN`).
 pub const ANNOUNCE: &str = r"
 if tonumber(redis.call('HGET', KEYS[1], 'v') or '0') ~= tonumber(ARGV[1]) then
   return 0
