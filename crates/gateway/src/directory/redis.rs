@@ -2,29 +2,42 @@
 //! a `-` sentinel once warmed from Postgres, so "no threads" and "unknown" differ; it expires
 //! after an hour so any drift is bounded. Sessions read it at connect; the database check that
 //! follows (`Hub::join`) drops stale entries, so the mirror can be early but never wrong.
+//!
+//! Every connect warms its user's entry; concurrent connects share one `MULTI … EXEC` (see
+//! [`crate::coalesce`]) instead of a round trip each.
 
 use super::{Directory, DirectoryError};
+use crate::coalesce::Coalescer;
 use crate::keys::Keys;
 use crate::redis_shared::{SharedConn, SharedRedis};
 use confab_protocol::{ThreadId, UserId};
 use deadpool_redis::Pool;
+use std::collections::HashMap;
 
 const SENTINEL: &str = "-";
 const WARM_TTL_SECS: i64 = 3600;
+
+/// A user and the threads to put into their entry.
+type Warm = (UserId, Vec<ThreadId>);
 
 /// Mirror in Redis.
 pub struct RedisDirectory {
     redis: SharedRedis,
     keys: Keys,
+    warms: Coalescer<Warm, ()>,
 }
 
 impl RedisDirectory {
-    /// A directory over a connection shared from `pool`.
+    /// A directory over a connection shared from `pool`. Must be called inside a tokio runtime
+    /// (it starts the task that batches warms).
     pub fn new(pool: Pool, keys: Keys) -> Self {
-        Self {
-            redis: SharedRedis::new(pool),
-            keys,
-        }
+        let redis = SharedRedis::new(pool);
+        let (r, k) = (redis.clone(), keys.clone());
+        let warms = Coalescer::new(move |batch: Vec<Warm>| {
+            let (redis, keys) = (r.clone(), k.clone());
+            async move { warm_all(&redis, &keys, batch).await }
+        });
+        Self { redis, keys, warms }
     }
 
     async fn conn(&self) -> Result<SharedConn, DirectoryError> {
@@ -37,6 +50,34 @@ impl RedisDirectory {
 
 fn err(e: redis::RedisError) -> DirectoryError {
     DirectoryError(e.to_string())
+}
+
+/// Warm several users' entries in one transaction.
+async fn warm_all(
+    redis: &SharedRedis,
+    keys: &Keys,
+    batch: Vec<Warm>,
+) -> Result<HashMap<Warm, ()>, DirectoryError> {
+    let mut conn = redis
+        .get()
+        .await
+        .map_err(|e| DirectoryError(e.to_string()))?;
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    for (user, threads) in &batch {
+        let key = keys.user_threads(*user);
+        let mut members: Vec<String> = threads.iter().map(|t| t.to_string()).collect();
+        members.push(SENTINEL.into());
+        // A union, not a replacement: an add that lands between our database read and this
+        // write must not be wiped. Extra (stale) entries are harmless — joins verify
+        // membership against the database — and the TTL bounds how long they linger.
+        pipe.sadd(&key, members)
+            .ignore()
+            .expire(&key, WARM_TTL_SECS)
+            .ignore();
+    }
+    pipe.query_async::<()>(&mut conn).await.map_err(err)?;
+    Ok(batch.into_iter().map(|w| (w, ())).collect())
 }
 
 #[async_trait::async_trait]
@@ -93,22 +134,12 @@ impl Directory for RedisDirectory {
     }
 
     async fn warm_user(&self, user: UserId, threads: &[ThreadId]) -> Result<(), DirectoryError> {
-        let key = self.keys.user_threads(user);
-        let mut members: Vec<String> = threads.iter().map(|t| t.to_string()).collect();
-        members.push(SENTINEL.into());
-        let mut conn = self.conn().await?;
-        // A union, not a replacement: an add that lands between our database read and this
-        // write must not be wiped. Extra (stale) entries are harmless — joins verify
-        // membership against the database — and the TTL bounds how long they linger.
-        redis::pipe()
-            .atomic()
-            .sadd(&key, members)
-            .ignore()
-            .expire(&key, WARM_TTL_SECS)
-            .ignore()
-            .query_async::<()>(&mut conn)
-            .await
-            .map_err(err)
+        match self.warms.get((user, threads.to_vec())).await {
+            Ok(_) => Ok(()),
+            // The batch failed (Redis unreachable, say); this user's entry may be cold, which
+            // is always safe (see the module docs). Said once, by each caller.
+            Err(_) => Err(DirectoryError("mirror warm failed".into())),
+        }
     }
 
     async fn forget_user(&self, user: UserId) -> Result<(), DirectoryError> {
