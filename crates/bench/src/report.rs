@@ -719,6 +719,7 @@ const USER_BUCKETS: &[(&str, &[&str])] = &[
         "allocator and memcpy",
         &[
             "malloc", "free", "realloc", "alloc::", "memcpy", "memmove", "memset", "_int_",
+            "_rjem_", "je_",
         ],
     ),
     ("JSON (serde_json)", &["serde_json", "serde::", "serde_"]),
@@ -823,6 +824,10 @@ mod tests {
         assert_eq!(l[0].2, "tcp_sendmsg_locked");
         assert_eq!(bucket(&l[0].2, &l[0].1), "kernel: TCP/loopback networking");
         assert_eq!(bucket(&l[1].2, &l[1].1), "JSON (serde_json)");
+        // The gateway links jemalloc statically: its symbols are in the confab binary.
+        for sym in ["_rjem_je_tcache_bin_flush_small", "_rjem_sdallocx", "_rjem_malloc"] {
+            assert_eq!(bucket(sym, "confab"), "allocator and memcpy", "{sym}");
+        }
         let k = "[kernel.kallsyms]";
         for sym in ["finish_task_switch.isra.0", "_raw_spin_unlock_irqrestore"] {
             assert!(bucket(sym, k).starts_with("kernel: scheduling"), "{sym}");
