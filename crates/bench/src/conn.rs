@@ -61,6 +61,13 @@ pub struct Hello {
     pub node_id: String,
 }
 
+/// Connections per source address by default. Well below the ~28,000 ephemeral ports an
+/// address has: the kernel's choice of a free port for `connect()` gets slower as the
+/// address's ports fill up, and at 19,000 connections from one address the load generator
+/// spent 6.6-14.3 CPU-s on 19,000 connects against 2.7 s from 5 addresses of ≤ 4,000 each
+/// (scripts/bench-ab.sh, idle, same node binary): the connect rate was the generator's.
+pub const DEFAULT_PER_SOURCE: usize = 4_000;
+
 /// The loopback source addresses to spread `n` connections to one node over, at most
 /// `per_source` per address (127.0.0.1, 127.0.0.2, …).
 pub fn sources_for(n: usize, per_source: usize) -> Vec<Ipv4Addr> {

@@ -262,7 +262,7 @@ pub async fn run(cfg: &FanoutConfig) -> Result<FanoutReport> {
     .await?;
     let setup_s = started.elapsed().as_secs_f64();
     let started = Instant::now();
-    let sources = conn::sources_for(cfg.clients, 25_000);
+    let sources = conn::sources_for(cfg.clients, conn::DEFAULT_PER_SOURCE);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     let conns = fleet
         .connect_all(

@@ -137,7 +137,7 @@ struct IdleArgs {
     #[arg(long, default_value_t = 10)]
     room_size: usize,
     /// Most connections per 127.0.0.x source address.
-    #[arg(long, default_value_t = 25_000)]
+    #[arg(long, default_value_t = confab_bench::conn::DEFAULT_PER_SOURCE)]
     per_source: usize,
     /// Handshakes in flight.
     #[arg(long, default_value_t = 256)]

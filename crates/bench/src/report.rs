@@ -825,7 +825,11 @@ mod tests {
         assert_eq!(bucket(&l[0].2, &l[0].1), "kernel: TCP/loopback networking");
         assert_eq!(bucket(&l[1].2, &l[1].1), "JSON (serde_json)");
         // The gateway links jemalloc statically: its symbols are in the confab binary.
-        for sym in ["_rjem_je_tcache_bin_flush_small", "_rjem_sdallocx", "_rjem_malloc"] {
+        for sym in [
+            "_rjem_je_tcache_bin_flush_small",
+            "_rjem_sdallocx",
+            "_rjem_malloc",
+        ] {
             assert_eq!(bucket(sym, "confab"), "allocator and memcpy", "{sym}");
         }
         let k = "[kernel.kallsyms]";
