@@ -1,4 +1,5 @@
-//! The Redis membership mirror: sessions read it at connect, the database decides.
+//! The Redis membership mirror: every connect warms it, and a stale entry never outranks the
+//! database (guards against a future read of the mirror at connect trusting it alone).
 
 use confab_tests::{Backend, Cluster};
 use std::time::Duration;

@@ -1,7 +1,8 @@
 //! Redis membership mirror: `threads:{user}` and `members:{thread}` sets. A user's set carries
 //! a `-` sentinel once warmed from Postgres, so "no threads" and "unknown" differ; it expires
-//! after an hour so any drift is bounded. Sessions read it at connect; the database check that
-//! follows (`Hub::join`) drops stale entries, so the mirror can be early but never wrong.
+//! after an hour so any drift is bounded. It may be early but is never trusted alone: whoever
+//! reads it checks membership against the database. (Connects no longer read it — they read
+//! the user's threads from Postgres, batched across connects — but still warm it.)
 //!
 //! Every connect warms its user's entry; concurrent connects share one `MULTI … EXEC` (see
 //! [`crate::coalesce`]) instead of a round trip each.

@@ -201,7 +201,7 @@ impl Session {
                 reason = shared.closed() => return End::Close(reason),
                 // The handlers of a delivery and of a committed send are boxed too: inline,
                 // every idle session's task would be sized for them (the loop's future went
-                // from 2,096 to ~950 bytes, -print-type-sizes); the price is one allocation
+                // from 2,096 to 944 bytes, -Zprint-type-sizes); the price is one allocation
                 // per delivery and per send, small beside the socket write each makes.
                 out = outbox.recv(), if !self.holding => {
                     if let Err(end) = Box::pin(self.route(out)).await {
