@@ -42,11 +42,13 @@ impl RedisDirectory {
     }
 
     async fn conn(&self) -> Result<SharedConn, DirectoryError> {
-        self.redis
-            .get()
-            .await
-            .map_err(|e| DirectoryError(e.to_string()))
+        connect(&self.redis).await
     }
+}
+
+/// A connection from the shared one (also used by the warm batches, which hold no `self`).
+async fn connect(redis: &SharedRedis) -> Result<SharedConn, DirectoryError> {
+    redis.get().await.map_err(|e| DirectoryError(e.to_string()))
 }
 
 fn err(e: redis::RedisError) -> DirectoryError {
@@ -59,10 +61,7 @@ async fn warm_all(
     keys: &Keys,
     batch: Vec<Warm>,
 ) -> Result<HashMap<Warm, ()>, DirectoryError> {
-    let mut conn = redis
-        .get()
-        .await
-        .map_err(|e| DirectoryError(e.to_string()))?;
+    let mut conn = connect(redis).await?;
     let mut pipe = redis::pipe();
     pipe.atomic();
     for (user, threads) in &batch {
