@@ -77,7 +77,8 @@ run_side() {
   settle
   local n0="http://127.0.0.1:${ports[0]}" n1="http://127.0.0.1:${ports[1]}" target
   case "$SCENARIO" in
-    fanout | ramp) target=(--nodes "$n0,$n1" --pids "${node_pids[0]},${node_pids[1]}") ;;
+    fanout) target=(--nodes "$n0,$n1" --pids "${node_pids[0]},${node_pids[1]}" --metrics "$n0" "$n1") ;;
+    ramp) target=(--nodes "$n0,$n1" --pids "${node_pids[0]},${node_pids[1]}") ;;
     idle) target=(--node "$n0" --setup-node "$n1" --pid "${node_pids[0]}") ;;
     storm) target=(--nodes "$n0,$n1") ;;
     history) target=(--node "$n0" --db-url "$DB_URL") ;;

@@ -20,6 +20,16 @@ mod messages;
 mod reading;
 mod rooms;
 
+/// Announce a stored message on its thread's channel: serialized here, once for every node.
+/// The send batcher calls it right after each commit ([`confab_persistence::OnStored`]).
+pub fn publish_stored(broker: &dyn Broker, keys: &Keys, msg: &Message) {
+    let frame = ServerFrame::Message(msg.clone()).to_json();
+    broker.publish(
+        keys.thread_channel(msg.thread_id),
+        Envelope::message(msg.seq, &frame),
+    );
+}
+
 /// Cheap to clone; shared by every session and route of a node.
 #[derive(Clone)]
 pub struct Chat {
@@ -96,11 +106,10 @@ impl Chat {
         match outcome {
             SendOutcome::Stored(msg) => {
                 self.metrics.messages_stored.inc();
-                let frame = ServerFrame::Message(msg.clone()).to_json();
-                self.broker.publish(
-                    self.keys.thread_channel(thread),
-                    Envelope::message(msg.seq, &frame),
-                );
+                // The batcher's writer published it already, right after the commit.
+                if self.batcher.is_none() {
+                    publish_stored(self.broker.as_ref(), &self.keys, &msg);
+                }
                 Ok((msg, false))
             }
             SendOutcome::Duplicate(msg) => Ok((msg, true)),

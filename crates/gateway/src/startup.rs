@@ -1,7 +1,7 @@
 //! Building and running a node. `main` and the tests build the very same [`Application`].
 
 use crate::broker::{Broker, Inbound, MemoryBroker, RedisBroker, RedisBrokerOptions};
-use crate::chat::Chat;
+use crate::chat::{publish_stored, Chat};
 use crate::config::{ms, Settings};
 use crate::directory::{Directory, MemoryDirectory, RedisDirectory};
 use crate::error::{Error, Result};
@@ -14,7 +14,7 @@ use crate::ratelimit::TokenBucket;
 use crate::state::AppState;
 use actix_web::dev::{Server, ServerHandle, Service};
 use actix_web::{web, App, HttpServer};
-use confab_persistence::{SendBatcher, Store, StoreOptions};
+use confab_persistence::{OnStored, SendBatcher, Store, StoreOptions};
 use confab_protocol::CloseReason;
 use secrecy::ExposeSecret;
 use std::net::TcpListener;
@@ -121,11 +121,15 @@ impl Application {
         hub.set_broker(broker.clone());
         // Group commit needs concurrent writers; SQLite has one writer and stores sends one by one.
         let batcher = (store.backend() == confab_persistence::Backend::Postgres).then(|| {
+            let (broker, keys) = (broker.clone(), keys.clone());
+            let publish: OnStored =
+                Arc::new(move |msg| publish_stored(broker.as_ref(), &keys, msg));
             SendBatcher::start(
                 store.clone(),
                 settings.database.send_writers,
                 settings.database.send_batch_max,
                 settings.database.send_queue,
+                Some(publish),
             )
         });
         let chat = Chat::new(

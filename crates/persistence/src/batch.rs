@@ -7,14 +7,26 @@
 //! nobody. Anything the batch statement did not store (a retry of a stored `client_msg_id`, a
 //! non-member, a duplicate inside the batch) or a batch that failed as a whole goes through the
 //! single-send path, which classifies it exactly.
+//!
+//! Every message a writer stores is handed to an optional [`OnStored`] hook right after its
+//! commit, before its sender hears back. The gateway publishes there: the messages of one batch
+//! go out together and in `seq` order, instead of each waiting for its sender's session task to
+//! run (which, with two nodes committing the same threads, reordered publishes across nodes for
+//! long enough that receivers had to read the gaps from the database).
 
 use crate::messages::fresh_message;
 use crate::{Error, Result, SendOutcome, Store};
 use chrono::{SubsecRound, Utc};
-use confab_protocol::{MessageId, ThreadId, UserId};
+use confab_protocol::{Message, MessageId, ThreadId, UserId};
 use sea_orm::{ConnectionTrait, DbBackend, Statement, Value};
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
+
+/// Called with every message a writer stored, right after the commit that made it durable and
+/// before its sender is answered; per thread in `seq` order. Runs on the writer's task, so it
+/// must not block.
+pub type OnStored = Arc<dyn Fn(&Message) + Send + Sync>;
 
 struct Pending {
     thread: ThreadId,
@@ -28,19 +40,25 @@ struct Pending {
 #[derive(Clone)]
 pub struct SendBatcher {
     /// One queue per writer; a thread always goes to the same writer.
-    writers: std::sync::Arc<[mpsc::Sender<Pending>]>,
+    writers: Arc<[mpsc::Sender<Pending>]>,
 }
 
 impl SendBatcher {
     /// Start `writers` writer tasks taking up to `max_batch` sends each; at most `queue` sends
     /// wait in all (further senders wait for room, which is the backpressure on a saturated
-    /// database).
+    /// database). `on_stored` sees every stored message (see [`OnStored`]).
     ///
     /// Threads are partitioned among the writers by id. Why: a batch locks every thread it
     /// touches until it commits, so writers sharing threads would mostly wait for each other;
     /// partitioned, one node's batches never touch the same thread and run side by side, and
     /// across nodes only the writers of the same partition can meet.
-    pub fn start(store: Store, writers: usize, max_batch: usize, queue: usize) -> Self {
+    pub fn start(
+        store: Store,
+        writers: usize,
+        max_batch: usize,
+        queue: usize,
+        on_stored: Option<OnStored>,
+    ) -> Self {
         let n = writers.max(1);
         let per_writer = (queue / n).max(1);
         let mut txs = Vec::with_capacity(n);
@@ -48,11 +66,14 @@ impl SendBatcher {
             let (tx, mut rx) = mpsc::channel(per_writer);
             txs.push(tx);
             let store = store.clone();
+            let on_stored = on_stored.clone();
             tokio::spawn(async move {
                 let mut batch = Vec::with_capacity(max_batch);
                 // Whatever queued while the previous batch committed goes in the next one.
                 while rx.recv_many(&mut batch, max_batch.max(1)).await > 0 {
-                    store.write_batch(std::mem::take(&mut batch)).await;
+                    store
+                        .write_batch(std::mem::take(&mut batch), on_stored.as_ref())
+                        .await;
                 }
             });
         }
@@ -94,13 +115,10 @@ const BATCH_SQL: &str =
     "SELECT stored_id, stored_seq FROM confab_store_batch($1, $2, $3, $4, $5, $6)";
 
 impl Store {
-    async fn write_batch(&self, batch: Vec<Pending>) {
+    async fn write_batch(&self, batch: Vec<Pending>, on_stored: Option<&OnStored>) {
         if batch.len() == 1 {
             for p in batch {
-                let r = self
-                    .send_message(p.thread, p.sender, &p.client_msg_id, &p.body)
-                    .await;
-                let _ = p.reply.send(r);
+                self.store_one(p, on_stored).await;
             }
             return;
         }
@@ -120,34 +138,35 @@ impl Store {
                 HashMap::new()
             }
         };
+        // Everything the batch stored is announced and answered first, in batch order (which is
+        // `seq` order per thread); what it left is settled one by one after.
+        let mut rest = Vec::new();
         for (p, id) in first.into_iter().zip(ids) {
-            match stored.get(&id) {
-                Some(&seq) => {
-                    let _ = p.reply.send(Ok(SendOutcome::Stored(fresh_message(
-                        p.thread,
-                        id,
-                        seq,
-                        p.sender,
-                        p.client_msg_id,
-                        p.body,
-                        now,
-                    ))));
-                }
-                None => {
-                    // Not stored by the batch: a retry, a non-member, or the batch failed.
-                    let r = self
-                        .send_message(p.thread, p.sender, &p.client_msg_id, &p.body)
-                        .await;
-                    let _ = p.reply.send(r);
-                }
+            let Some(&seq) = stored.get(&id) else {
+                // Not stored by the batch: a retry, a non-member, or the batch failed.
+                rest.push(p);
+                continue;
+            };
+            let msg = fresh_message(p.thread, id, seq, p.sender, p.client_msg_id, p.body, now);
+            if let Some(hook) = on_stored {
+                hook(&msg);
             }
+            let _ = p.reply.send(Ok(SendOutcome::Stored(msg)));
         }
-        for p in repeats {
-            let r = self
-                .send_message(p.thread, p.sender, &p.client_msg_id, &p.body)
-                .await;
-            let _ = p.reply.send(r);
+        for p in rest.into_iter().chain(repeats) {
+            self.store_one(p, on_stored).await;
         }
+    }
+
+    /// Store one send on its own (the single-send path classifies retries and non-members).
+    async fn store_one(&self, p: Pending, on_stored: Option<&OnStored>) {
+        let r = self
+            .send_message(p.thread, p.sender, &p.client_msg_id, &p.body)
+            .await;
+        if let (Ok(SendOutcome::Stored(msg)), Some(hook)) = (&r, on_stored) {
+            hook(msg);
+        }
+        let _ = p.reply.send(r);
     }
 
     /// One autocommit statement (see [`BATCH_SQL`]): the function locks the batch's threads in

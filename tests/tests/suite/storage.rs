@@ -227,3 +227,137 @@ both_backends!(
         c.stop().await;
     }
 );
+
+/// The batcher's `on_stored` hook (where a node publishes) sees every message the writers
+/// stored exactly once, each writer's in `seq` order per thread, and before its sender is
+/// answered; retries and strangers' sends never reach it. Why it matters: receivers deliver a thread in `seq`
+/// order and read any hole from the database, so publishes out of order cost them a query and
+/// hold the thread back meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_batcher_announces_each_stored_message_once_in_seq_order_before_answering() {
+    use confab_persistence::{OnStored, SendBatcher, SendOutcome, Store, StoreOptions};
+    use std::sync::{Arc, Mutex};
+
+    let url = confab_tests::create_database(&confab_tests::pg_admin_url()).await;
+    let store = Store::connect(&StoreOptions {
+        url,
+        max_connections: 8,
+        acquire_timeout: std::time::Duration::from_secs(10),
+        migrate: true,
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut members = Vec::new();
+    for i in 0..6 {
+        let u = store
+            .create_user(&format!("hook{i}"), "x")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        members.push(u.id);
+    }
+    let stranger = store
+        .create_user("hookstranger", "x")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut threads = Vec::new();
+    for name in ["one", "two"] {
+        let t = store
+            .create_group_thread(members[0], &members[1..], name, false)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        threads.push(t.id);
+    }
+
+    // (which writer, message) in the order the hooks ran.
+    let seen: Arc<Mutex<Vec<(usize, confab_protocol::Message)>>> = Arc::default();
+    let hook = |writer: usize| -> OnStored {
+        let seen = seen.clone();
+        Arc::new(move |m| {
+            seen.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((writer, m.clone()))
+        })
+    };
+    // Two writers whose batches meet on the same threads, as two nodes' writers do; small
+    // batches so that many of them commit.
+    let batchers = [
+        SendBatcher::start(store.clone(), 1, 7, 1000, Some(hook(0))),
+        SendBatcher::start(store.clone(), 1, 7, 1000, Some(hook(1))),
+    ];
+
+    const PER_SENDER: usize = 30;
+    let mut tasks = Vec::new();
+    for (i, &user) in members.iter().enumerate() {
+        for k in 0..PER_SENDER {
+            let b = batchers[(i + k) % 2].clone();
+            let thread = threads[k % 2];
+            let seen = seen.clone();
+            tasks.push(tokio::spawn(async move {
+                let cid = format!("c{i}-{k}");
+                let out = b.send(thread, user, &cid, "hello").await;
+                let Ok(SendOutcome::Stored(m)) = out else {
+                    panic!("send {cid}: {out:?}");
+                };
+                // Announced before answered.
+                let announced = seen
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .any(|(_, x)| x.id == m.id);
+                assert!(announced, "{cid} (seq {}) answered before announced", m.seq);
+                // A retry is answered with the stored message and not announced again.
+                let again = b.send(thread, user, &cid, "hello").await;
+                assert!(
+                    matches!(&again, Ok(SendOutcome::Duplicate(d)) if d.id == m.id),
+                    "retry of {cid}: {again:?}"
+                );
+                m
+            }));
+        }
+    }
+    let refused = batchers[0]
+        .send(threads[0], stranger.id, "s1", "let me in")
+        .await;
+    assert!(matches!(refused, Ok(SendOutcome::NotMember)), "{refused:?}");
+    let mut acked = Vec::new();
+    for t in tasks {
+        acked.push(t.await.unwrap_or_else(|e| panic!("{e}")));
+    }
+
+    let seen = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    assert_eq!(
+        seen.len(),
+        members.len() * PER_SENDER,
+        "every stored message announced exactly once, nothing else"
+    );
+    for &t in &threads {
+        // Each writer announces its commits in order (across writers the hooks may interleave
+        // either way: they run on different tasks).
+        for w in 0..2 {
+            let seqs: Vec<i64> = seen
+                .iter()
+                .filter(|(x, m)| *x == w && m.thread_id == t)
+                .map(|(_, m)| m.seq)
+                .collect();
+            assert!(
+                seqs.windows(2).all(|p| p[0] < p[1]),
+                "writer {w}, thread {t}: announced out of seq order: {seqs:?}"
+            );
+        }
+        let mut all: Vec<i64> = seen
+            .iter()
+            .filter(|(_, m)| m.thread_id == t)
+            .map(|(_, m)| m.seq)
+            .collect();
+        all.sort_unstable();
+        let n = all.len() as i64;
+        assert_eq!(
+            all,
+            (1..=n).collect::<Vec<_>>(),
+            "thread {t}: seqs announced"
+        );
+    }
+    for m in &acked {
+        assert!(seen.iter().any(|(_, x)| x.id == m.id && x.seq == m.seq));
+    }
+}
