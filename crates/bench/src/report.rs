@@ -7,6 +7,7 @@ use crate::fanout::FanoutReport;
 use crate::history::HistoryReport;
 use crate::idle::IdleReport;
 use crate::ramp::RampReport;
+use crate::scrape::MetricsDelta;
 use crate::storm::StormReport;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -145,6 +146,7 @@ pub fn render(results: &Results, inputs: &Inputs) -> String {
     figures(w, results);
     let _ = writeln!(w, "\n## Fan-out runs\n");
     fanout_table(w, &results.fanout);
+    latency_split(w, &results.fanout);
     for r in &results.ramp {
         ramp_section(w, r);
     }
@@ -463,6 +465,62 @@ fn fanout_table(w: &mut String, runs: &[FanoutReport]) {
         .collect();
     if !odd.is_empty() {
         let _ = writeln!(w, "\nRuns that were not clean:\n\n{}", odd.join("\n"));
+    }
+}
+
+/// Mean of a Prometheus histogram over the window, in ms, summed over every scraped node.
+fn metric_mean_ms(metrics: &[MetricsDelta], family: &str) -> Option<f64> {
+    let get = |suffix: &str| -> f64 {
+        metrics
+            .iter()
+            .filter_map(|m| m.counters.get(&format!("{family}_{suffix}")))
+            .sum()
+    };
+    let count = get("count");
+    (count > 0.0).then(|| get("sum") / count * 1000.0)
+}
+
+/// Where a fan-out run's latency accumulated, from the nodes' own `/metrics` (scraped before
+/// and after the window): the send's time in the store (queue, group commit, fsync), then
+/// publish → hub, against what the clients saw end to end.
+fn latency_split(w: &mut String, runs: &[FanoutReport]) {
+    let rows: Vec<&FanoutReport> = runs.iter().filter(|f| !f.metrics.is_empty()).collect();
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        w,
+        "\nWhere the latency accumulates, from the nodes' `/metrics` over the same window \
+         (means, both nodes): `store` is `confab_store_latency_seconds` (a send's wait for the \
+         group-commit writer, the batch statement and its commit), `publish → hub` is \
+         `confab_fanout_latency_seconds` (after the commit until handed to local sessions); \
+         `gap reads` counts `confab_gap_repairs_total{{scope=\"node\"}}` — holes a node still \
+         saw after `delivery.gap_grace_ms` and read from the database.\n"
+    );
+    let _ = writeln!(
+        w,
+        "| run | ack p50 / p99 ms (client) | store mean ms | publish → hub mean ms | \
+         delivery p50 / p99 ms (client) | gap reads |\n|---|---|---|---|---|---|"
+    );
+    let ms = |v: Option<f64>| v.map_or_else(|| "—".to_owned(), |v| format!("{v:.1}"));
+    for f in rows {
+        let gaps: f64 = f
+            .metrics
+            .iter()
+            .filter_map(|m| m.counters.get("confab_gap_repairs_total{scope=\"node\"}"))
+            .sum();
+        let _ = writeln!(
+            w,
+            "| {} | {:.1} / {:.1} | {} | {} | {:.1} / {:.1} | {} |",
+            f.label,
+            f.ack_latency_ms.p50,
+            f.ack_latency_ms.p99,
+            ms(metric_mean_ms(&f.metrics, "confab_store_latency_seconds")),
+            ms(metric_mean_ms(&f.metrics, "confab_fanout_latency_seconds")),
+            f.latency_ms.p50,
+            f.latency_ms.p99,
+            n0(gaps)
+        );
     }
 }
 
@@ -844,6 +902,40 @@ mod tests {
             bucket("_copy_to_iter", k),
             "kernel: memory (copies, slab, pages)"
         );
+    }
+
+    #[test]
+    fn the_latency_split_averages_histograms_over_both_nodes() {
+        let node = |sum: f64, count: f64, gaps: f64| {
+            let mut m = MetricsDelta::default();
+            m.counters
+                .insert("confab_store_latency_seconds_sum".into(), sum);
+            m.counters
+                .insert("confab_store_latency_seconds_count".into(), count);
+            m.counters
+                .insert("confab_gap_repairs_total{scope=\"node\"}".into(), gaps);
+            m
+        };
+        // 3 s over 1,000 sends and 1 s over 1,000: 2 ms on average, not the mean of means.
+        let both = [node(3.0, 1000.0, 7.0), node(1.0, 1000.0, 5.0)];
+        let mean = metric_mean_ms(&both, "confab_store_latency_seconds");
+        assert!(mean.is_some_and(|v| (v - 2.0).abs() < 1e-9), "{mean:?}");
+        assert_eq!(metric_mean_ms(&both, "confab_fanout_latency_seconds"), None);
+        let run = FanoutReport {
+            label: "fanout-x".into(),
+            metrics: both.to_vec(),
+            ..Default::default()
+        };
+        let mut md = String::new();
+        latency_split(&mut md, &[run]);
+        assert!(
+            md.contains("| fanout-x | 0.0 / 0.0 | 2.0 | — | 0.0 / 0.0 | 12 |"),
+            "{md}"
+        );
+        // Runs without scrapes leave the section out.
+        let mut none = String::new();
+        latency_split(&mut none, &[FanoutReport::default()]);
+        assert!(none.is_empty());
     }
 
     #[test]
