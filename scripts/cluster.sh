@@ -19,6 +19,7 @@
 #                                      created if missing
 #   CLUSTER_PREFIX=confab_cluster      Redis key and channel prefix
 #   CONFAB__SECTION__KEY=...           any gateway setting, passed to every node
+#                                      (CONFAB__SERVER__WORKERS defaults to cores / N, at least 1)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -165,6 +166,12 @@ wait_ready() {
   return 1
 }
 
+# The nodes share this machine's cores: each gets its share of worker threads (at least one)
+# unless CONFAB__SERVER__WORKERS says otherwise. More workers than cores only adds hops between
+# threads (docs/operations.md, "Scaling").
+cores=$(nproc 2>/dev/null || echo 1)
+workers="${CONFAB__SERVER__WORKERS:-$((cores / N > 0 ? cores / N : 1))}"
+
 for i in $(seq 1 "$N"); do
   port=${ports[$((i - 1))]}
   # The first node applies migrations; the others wait for it so they never race to migrate.
@@ -178,6 +185,7 @@ for i in $(seq 1 "$N"); do
     CONFAB__REDIS__URL="$CONFAB_TEST_REDIS_URL" \
     CONFAB__REDIS__KEY_PREFIX="$PREFIX" \
     CONFAB__CLUSTER__REPLICAS="$N" \
+    CONFAB__SERVER__WORKERS="$workers" \
     nohup "$BIN" </dev/null >"$dir/node-$i.log" 2>&1 &
   pid=$!
   echo "$pid" >>"$dir/nodes.pid"
