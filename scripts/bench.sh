@@ -115,6 +115,29 @@ log "idle: $IDLE_N connections to node 0 (fd limit $FD_LIMIT)"
 run "$BENCH" idle --node "$N0" --setup-node "$N1" --pid "$P0" --connections "$IDLE_N" --users "$IDLE_N" \
   --room-size 10 --concurrency 256 --hold 5 --metrics "$N0" --aux "$AUX_ARG" --label idle
 
+# ---------- every other scenario: the two nodes share the machine's cores ----------
+# Restarted (same database and Redis prefix) the way `make cluster` runs nodes on one machine:
+# each with its share of the cores as worker threads. The idle run above keeps one worker per
+# core: it measures one node that owns the machine and takes every connection. Two nodes on 2
+# cores with a worker per core each ran twice as many workers as cores; one each gave 6-16%
+# more deliveries per CPU-second in paired runs (docs/operations.md, "Scaling").
+SHARED_WORKERS=$(( $(nproc) / 2 > 0 ? $(nproc) / 2 : 1 ))
+stop_nodes
+EXTRA_ENV=(CONFAB__SERVER__WORKERS="$SHARED_WORKERS")
+start_nodes "$BIN" "$dir" 2
+N0="http://127.0.0.1:${ports[0]}"
+N1="http://127.0.0.1:${ports[1]}"
+P0=${node_pids[0]}
+P1=${node_pids[1]}
+log "nodes restarted with $SHARED_WORKERS worker(s) each: $N0 (pid $P0), $N1 (pid $P1)"
+{
+  echo "# the nodes restarted for every scenario below, on the same database and Redis prefix:"
+  for i in 0 1; do
+    echo "env ${NODE_ENV[*]} ${EXTRA_ENV[*]} CONFAB__SERVER__PORT=${ports[$i]} CONFAB__NODE__ID=bench-n$i target/release/confab &"
+  done
+} >>"$dir/commands.txt"
+COMMON=(--nodes "$N0,$N1" --pids "$P0,$P1" --aux "$AUX_ARG" --metrics "$N0" "$N1")
+
 # ---------- fan-out at fixed rates (rooms of 10 over 2 nodes, 1,000 clients) ----------
 for rate in $RATES; do
   log "fanout at $rate msgs/s"
@@ -197,6 +220,9 @@ rm -f "$dir/perf.check"
   echo "| date | $(date -u '+%Y-%m-%d %H:%M UTC') |"
   echo
   echo "Two release \`confab\` nodes (\`cargo build --release\`), default settings except:"
+  echo "for every scenario after \`idle\` the nodes are restarted with \`CONFAB__SERVER__WORKERS=$SHARED_WORKERS\`"
+  echo "(the machine's cores split between them, as \`make cluster\` does; \`idle\` measures one node"
+  echo "that owns the machine, with the default of one worker per core);"
   echo "rate limits raised (\`CONFAB__LIMITS__FRAMES_PER_SEC\`, \`FRAMES_BURST\`, \`USER_SENDS_PER_SEC\`,"
   echo "\`USER_SENDS_BURST\` = 1,000,000) so the benchmark measures fan-out rather than the limiter,"
   echo "and \`CONFAB__AUTH__ARGON2_MEMORY_KIB=256\`, \`ARGON2_ITERATIONS=1\` so that registering"
