@@ -56,22 +56,29 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# nodes_up: start the two nodes (NODE_ENV plus EXTRA_ENV), set N0/N1 and P0/P1, and write how
+# they were started to commands.txt.
+nodes_up() {
+  start_nodes "$BIN" "$dir" 2
+  N0="http://127.0.0.1:${ports[0]}"
+  N1="http://127.0.0.1:${ports[1]}"
+  P0=${node_pids[0]}
+  P1=${node_pids[1]}
+  log "nodes up (${EXTRA_ENV[*]:-default workers}): $N0 (pid $P0), $N1 (pid $P1)"
+  local i
+  for i in 0 1; do
+    echo "env ${NODE_ENV[*]} ${EXTRA_ENV[*]} CONFAB__SERVER__PORT=${ports[$i]} CONFAB__NODE__ID=bench-n$i target/release/confab &"
+  done >>"$dir/commands.txt"
+}
+
 bench_node_env
 EXTRA_ENV=()
-start_nodes "$BIN" "$dir" 2
-N0="http://127.0.0.1:${ports[0]}"
-N1="http://127.0.0.1:${ports[1]}"
-P0=${node_pids[0]}
-P1=${node_pids[1]}
-log "nodes up: $N0 (pid $P0), $N1 (pid $P1)"
 {
   echo "make bench   # = bash scripts/bench.sh; what it ran:"
   echo "cargo build --release -p confab-gateway -p confab-bench"
   echo "psql \"$PG_ADMIN\" -c 'CREATE DATABASE \"$DB_NAME\"'"
-  for i in 0 1; do
-    echo "env ${NODE_ENV[*]} CONFAB__SERVER__PORT=${ports[$i]} CONFAB__NODE__ID=bench-n$i target/release/confab &"
-  done
 } >>"$dir/commands.txt"
+nodes_up
 
 REDIS_PID=$(redis-cli -u "$REDIS_URL" info server 2>/dev/null | tr -d '\r' | awk -F: '/^process_id/{print $2}')
 PG_DATA=$(psql "$PG_ADMIN" -Atc "show data_directory" 2>/dev/null || true)
@@ -124,18 +131,9 @@ run "$BENCH" idle --node "$N0" --setup-node "$N1" --pid "$P0" --connections "$ID
 SHARED_WORKERS=$(( $(nproc) / 2 > 0 ? $(nproc) / 2 : 1 ))
 stop_nodes
 EXTRA_ENV=(CONFAB__SERVER__WORKERS="$SHARED_WORKERS")
-start_nodes "$BIN" "$dir" 2
-N0="http://127.0.0.1:${ports[0]}"
-N1="http://127.0.0.1:${ports[1]}"
-P0=${node_pids[0]}
-P1=${node_pids[1]}
-log "nodes restarted with $SHARED_WORKERS worker(s) each: $N0 (pid $P0), $N1 (pid $P1)"
-{
-  echo "# the nodes restarted for every scenario below, on the same database and Redis prefix:"
-  for i in 0 1; do
-    echo "env ${NODE_ENV[*]} ${EXTRA_ENV[*]} CONFAB__SERVER__PORT=${ports[$i]} CONFAB__NODE__ID=bench-n$i target/release/confab &"
-  done
-} >>"$dir/commands.txt"
+echo "# the nodes restarted for every scenario below, on the same database and Redis prefix:" \
+  >>"$dir/commands.txt"
+nodes_up
 COMMON=(--nodes "$N0,$N1" --pids "$P0,$P1" --aux "$AUX_ARG" --metrics "$N0" "$N1")
 
 # ---------- fan-out at fixed rates (rooms of 10 over 2 nodes, 1,000 clients) ----------
