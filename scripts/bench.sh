@@ -114,7 +114,6 @@ if [ "$quick" = 1 ]; then
 else
   WARM=3; DUR=15; RATES="1000 2000 5000 10000"; PROFILE_RATES="2000 10000"; RAMP_STEPS=8; IDLE_N=19000; HIST_N=1000000; STORE_DUR=10
 fi
-COMMON=(--nodes "$N0,$N1" --pids "$P0,$P1" --aux "$AUX_ARG" --metrics "$N0" "$N1")
 
 # ---------- idle connections, first: node 0's heap is fresh (users are registered through
 # node 1), so no freed memory of earlier runs flatters the per-connection figure ----------
@@ -128,7 +127,7 @@ run "$BENCH" idle --node "$N0" --setup-node "$N1" --pid "$P0" --connections "$ID
 # core: it measures one node that owns the machine and takes every connection. Two nodes on 2
 # cores with a worker per core each ran twice as many workers as cores; one each gave 6-16%
 # more deliveries per CPU-second in paired runs (docs/operations.md, "Scaling").
-SHARED_WORKERS=$(( $(nproc) / 2 > 0 ? $(nproc) / 2 : 1 ))
+SHARED_WORKERS=$(shared_workers 2)
 stop_nodes
 EXTRA_ENV=(CONFAB__SERVER__WORKERS="$SHARED_WORKERS")
 echo "# the nodes restarted for every scenario below, on the same database and Redis prefix:" \

@@ -169,8 +169,7 @@ wait_ready() {
 # The nodes share this machine's cores: each gets its share of worker threads (at least one)
 # unless CONFAB__SERVER__WORKERS says otherwise. More workers than cores only adds hops between
 # threads (docs/operations.md, "Scaling").
-cores=$(nproc 2>/dev/null || echo 1)
-workers="${CONFAB__SERVER__WORKERS:-$((cores / N > 0 ? cores / N : 1))}"
+workers="${CONFAB__SERVER__WORKERS:-$(shared_workers "$N")}"
 
 for i in $(seq 1 "$N"); do
   port=${ports[$((i - 1))]}

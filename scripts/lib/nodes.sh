@@ -78,6 +78,14 @@ stop_nodes() {
   node_pids=()
 }
 
+# shared_workers N: worker threads for each of N nodes sharing this machine — its cores split
+# between them, at least one each (docs/operations.md, "Scaling").
+shared_workers() {
+  local cores
+  cores=$(nproc 2>/dev/null || echo 1)
+  echo $((cores / $1 > 0 ? cores / $1 : 1))
+}
+
 # Busy CPUs over the next 3 s (the whole machine, from /proc/stat).
 busy_cpus() {
   local a b
