@@ -1,13 +1,19 @@
 //! The reads every connect makes — token, the user's threads, thread heads — batched across
 //! concurrent connects on Postgres (see [`crate::coalesce`]); direct on SQLite, which has one
 //! connection and nothing to share. A batch that fails is retried alone, so each caller still
-//! gets its own typed error.
+//! gets its own typed error. Presence reads the user's threads here too: after a mass
+//! disconnect every offline settles at once, and one query each would take the whole pool.
+//!
+//! Counted in `confab_db_lookups_total` (keys asked) and `confab_db_lookup_queries_total`
+//! (queries made), by kind: their ratio is how much the batching saves.
 
 use crate::coalesce::Coalescer;
+use crate::metrics::Metrics;
 use chrono::{DateTime, Utc};
 use confab_persistence::{Backend, Result, Store};
 use confab_protocol::{ThreadId, UserId, UserRef};
 use futures_util::future::join_all;
+use prometheus::IntCounter;
 
 type TokenRow = (UserRef, DateTime<Utc>);
 
@@ -17,10 +23,34 @@ struct Batched {
     heads: Coalescer<ThreadId, i64>,
 }
 
+/// Keys asked and queries made for one kind of lookup.
+#[derive(Clone)]
+struct Counted {
+    keys: IntCounter,
+    queries: IntCounter,
+}
+
+impl Counted {
+    fn new(metrics: &Metrics, kind: &str) -> Self {
+        Self {
+            keys: metrics.db_lookups.with_label_values(&[kind]),
+            queries: metrics.db_lookup_queries.with_label_values(&[kind]),
+        }
+    }
+
+    fn query(&self, keys: usize) {
+        self.queries.inc();
+        self.keys.inc_by(keys as u64);
+    }
+}
+
 /// Connect-time reads (see the module docs).
 pub struct Lookups {
     store: Store,
     batched: Option<Batched>,
+    tokens: Counted,
+    threads: Counted,
+    heads: Counted,
 }
 
 impl std::fmt::Debug for Lookups {
@@ -34,21 +64,29 @@ impl std::fmt::Debug for Lookups {
 impl Lookups {
     /// Batched on Postgres. Must be called inside a tokio runtime (it starts the batching
     /// tasks).
-    pub fn new(store: Store) -> Self {
+    pub fn new(store: Store, metrics: &Metrics) -> Self {
+        let counted = [
+            Counted::new(metrics, "token"),
+            Counted::new(metrics, "threads"),
+            Counted::new(metrics, "heads"),
+        ];
         let batched = (store.backend() == Backend::Postgres).then(|| {
-            let s = store.clone();
+            let (s, n) = (store.clone(), counted[0].clone());
             let tokens = Coalescer::new(move |hashes: Vec<String>| {
                 let s = s.clone();
+                n.query(hashes.len());
                 async move { s.token_users(&hashes, Utc::now()).await }
             });
-            let s = store.clone();
+            let (s, n) = (store.clone(), counted[1].clone());
             let threads = Coalescer::new(move |users: Vec<UserId>| {
                 let s = s.clone();
+                n.query(users.len());
                 async move { s.users_thread_ids(&users).await }
             });
-            let s = store.clone();
+            let (s, n) = (store.clone(), counted[2].clone());
             let heads = Coalescer::new(move |ids: Vec<ThreadId>| {
                 let s = s.clone();
+                n.query(ids.len());
                 async move {
                     Ok::<_, confab_persistence::Error>(
                         s.thread_heads(&ids).await?.into_iter().collect(),
@@ -61,7 +99,14 @@ impl Lookups {
                 heads,
             }
         });
-        Self { store, batched }
+        let [tokens, threads, heads] = counted;
+        Self {
+            store,
+            batched,
+            tokens,
+            threads,
+            heads,
+        }
     }
 
     /// The store these read from.
@@ -76,6 +121,7 @@ impl Lookups {
                 return Ok(found);
             }
         }
+        self.tokens.query(1);
         self.store.token_user(token_hash, Utc::now()).await
     }
 
@@ -86,6 +132,7 @@ impl Lookups {
                 return Ok(found.unwrap_or_default());
             }
         }
+        self.threads.query(1);
         self.store.user_thread_ids(user).await
     }
 
@@ -101,6 +148,7 @@ impl Lookups {
                     .collect());
             }
         }
+        self.heads.query(ids.len());
         self.store.thread_heads(ids).await
     }
 }

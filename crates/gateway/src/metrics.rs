@@ -47,6 +47,10 @@ pub struct Metrics {
     pub slow_consumer_disconnects: IntCounter,
     /// Sessions closed, by close code.
     pub disconnects: IntCounterVec,
+    /// Keys looked up by the batched connect-time reads, by kind.
+    pub db_lookups: IntCounterVec,
+    /// Database queries those lookups made, by kind.
+    pub db_lookup_queries: IntCounterVec,
     /// HTTP requests by route pattern, method and status.
     pub http_requests: IntCounterVec,
     /// HTTP request duration by route pattern, seconds.
@@ -151,6 +155,20 @@ impl Metrics {
                 Opts::new("confab_disconnects_total", "Sessions closed by close code"),
                 &["code"],
             )),
+            db_lookups: must(IntCounterVec::new(
+                Opts::new(
+                    "confab_db_lookups_total",
+                    "Keys asked of the batched lookups (token, threads, heads)",
+                ),
+                &["kind"],
+            )),
+            db_lookup_queries: must(IntCounterVec::new(
+                Opts::new(
+                    "confab_db_lookup_queries_total",
+                    "Database queries made by the batched lookups",
+                ),
+                &["kind"],
+            )),
             http_requests: must(IntCounterVec::new(
                 Opts::new("confab_http_requests_total", "HTTP requests"),
                 &["route", "method", "status"],
@@ -170,6 +188,10 @@ impl Metrics {
         }
         for scope in ["node", "session"] {
             m.gap_repairs.with_label_values(&[scope]);
+        }
+        for kind in ["token", "threads", "heads"] {
+            m.db_lookups.with_label_values(&[kind]);
+            m.db_lookup_queries.with_label_values(&[kind]);
         }
         m
     }
@@ -194,6 +216,8 @@ impl Metrics {
         must(r.register(Box::new(self.gap_repairs.clone())));
         must(r.register(Box::new(self.slow_consumer_disconnects.clone())));
         must(r.register(Box::new(self.disconnects.clone())));
+        must(r.register(Box::new(self.db_lookups.clone())));
+        must(r.register(Box::new(self.db_lookup_queries.clone())));
         must(r.register(Box::new(self.http_requests.clone())));
         must(r.register(Box::new(self.http_duration.clone())));
     }

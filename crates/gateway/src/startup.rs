@@ -98,7 +98,7 @@ impl Application {
         .await
         .map_err(|e| startup_err("connecting to the database", e))?;
 
-        let lookups = Arc::new(Lookups::new(store.clone()));
+        let lookups = Arc::new(Lookups::new(store.clone(), &metrics));
         let hub = Hub::new(
             store.clone(),
             lookups.clone(),

@@ -258,7 +258,7 @@ const REQUIRED_FAMILIES: &[(&str, &str)] = &[
 
 /// The only label names a node may use: each has a small, fixed set of values.
 const ALLOWED_LABELS: &[&str] = &[
-    "node", "type", "code", "scope", "route", "method", "status", "le",
+    "node", "type", "code", "scope", "route", "method", "status", "le", "kind",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

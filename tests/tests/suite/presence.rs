@@ -6,6 +6,7 @@ use confab_protocol::UserRef;
 use confab_tests::process::NodeProcess;
 use confab_tests::{both_backends, Backend, Cluster, Http, Ws};
 use serde_json::{json, Value};
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 /// A `presence` frame about `user` with `status`.
@@ -291,6 +292,72 @@ async fn a_drained_nodes_users_go_offline_promptly() {
     alice
         .expect_none(any_presence_of(&bob), Duration::from_millis(1500))
         .await;
+    c.stop().await;
+}
+
+/// The sum of `family{kind="threads",…}` on a node's `/metrics`.
+async fn thread_lookups(http: &Http, family: &str) -> f64 {
+    let (status, text) = http.get_text("/metrics").await;
+    assert_eq!(status, 200, "/metrics: {text}");
+    let prefix = format!("{family}{{kind=\"threads\"");
+    text.lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Read frames until a `presence` frame with `status` has come for every user in `users`.
+async fn presence_of_all(ws: &mut Ws, users: &[UserRef], status: &'static str) {
+    let mut missing: HashSet<String> = users.iter().map(|u| u.id.to_string()).collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !missing.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Some(f) = ws.next_frame(left).await else {
+            panic!("no {status} presence for {} users", missing.len());
+        };
+        if f["type"] == "presence" && f["status"] == status {
+            missing.remove(f["user_id"].as_str().unwrap_or_default());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mass_disconnect_settles_every_offline_through_the_batched_lookups() {
+    // After a crowd disconnects at once (a node's clients dropping, a load balancer resetting),
+    // every offline settles in the same moment and needs the user's threads. One query each
+    // took the whole database pool: 19,000 closes stalled the node's connects for seconds
+    // (5,678 pool waits over 2 s, measured). They go through the connect lookups' batching.
+    let c = Cluster::start(Backend::Cluster, 2).await;
+    let (_alice, at) = c.user("alice").await;
+    const N: usize = 40;
+    let mut crowd = Vec::new();
+    for i in 0..N {
+        crowd.push(c.user(&format!("crowd{i}")).await);
+    }
+    let users: Vec<UserRef> = crowd.iter().map(|(u, _)| u.clone()).collect();
+    let refs: Vec<&UserRef> = users.iter().collect();
+    c.http(0).create_thread(&at, &refs, Some("crowd")).await;
+    let mut alice = c.ws(0, &at).await;
+    let mut sockets = Vec::new();
+    for (_, token) in &crowd {
+        sockets.push(c.ws(1, token).await);
+    }
+    presence_of_all(&mut alice, &users, "online").await;
+
+    let node1 = c.http(1);
+    let keys_before = thread_lookups(&node1, "confab_db_lookups_total").await;
+    let queries_before = thread_lookups(&node1, "confab_db_lookup_queries_total").await;
+    futures_util::future::join_all(sockets.into_iter().map(Ws::close)).await;
+    // Every offline still reaches the co-member.
+    presence_of_all(&mut alice, &users, "offline").await;
+    let keys = thread_lookups(&node1, "confab_db_lookups_total").await - keys_before;
+    let queries = thread_lookups(&node1, "confab_db_lookup_queries_total").await - queries_before;
+    assert!(
+        keys >= N as f64,
+        "{N} offlines settled, but only {keys} thread lookups went through the batching"
+    );
+    assert!(queries <= keys, "{queries} queries for {keys} lookups");
+    eprintln!("{N} offlines: {keys} thread lookups in {queries} queries");
     c.stop().await;
 }
 

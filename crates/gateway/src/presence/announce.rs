@@ -5,9 +5,9 @@
 use super::{Changes, Presence, PresenceError, Settled, Vacated};
 use crate::config::ms;
 use crate::envelope::ControlEvent;
+use crate::lookups::Lookups;
 use crate::state::AppState;
 use chrono::{DateTime, Utc};
-use confab_persistence::Store;
 use confab_protocol::{PresenceStatus, ServerFrame, SessionId, ThreadId, UserId};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +20,10 @@ const SETTLE_ATTEMPTS: usize = 5;
 #[derive(Clone)]
 pub struct Announcer {
     presence: Arc<dyn Presence>,
-    store: Store,
+    /// The user's threads for an event, read through the batched lookups: a mass disconnect
+    /// settles thousands of offlines in the same moment (one query each would drain the pool
+    /// and stall every connect behind them).
+    lookups: Arc<Lookups>,
     grace: Duration,
     interval: Duration,
 }
@@ -55,7 +58,7 @@ impl Announcer {
         let p = &state.settings.presence;
         Self {
             presence: state.presence.clone(),
-            store: state.store.clone(),
+            lookups: state.lookups.clone(),
             grace: ms(p.offline_grace_ms),
             interval: ms(p.heartbeat_interval_ms.max(10)),
         }
@@ -95,7 +98,7 @@ impl Announcer {
 
     /// Announce `user` online to their threads as read from the database.
     async fn announce_online_from_store(&self, user: UserId, version: u64) {
-        match self.store.user_thread_ids(user).await {
+        match self.lookups.user_thread_ids(user).await {
             Ok(threads) => self.announce_online(user, version, threads).await,
             Err(e) => tracing::warn!(error = %e, "presence announcement failed"),
         }
@@ -122,7 +125,7 @@ impl Announcer {
     async fn settle(&self, v: Vacated) -> Option<Settled> {
         // The event is built before the atomic check-and-publish, so it needs the threads now.
         let threads = self
-            .store
+            .lookups
             .user_thread_ids(v.user)
             .await
             .inspect_err(|e| tracing::warn!(error = %e, "presence settle deferred"))
