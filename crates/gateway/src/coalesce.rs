@@ -15,8 +15,12 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 /// Queries of one batch size bound (keeps statements small).
 pub const MAX_BATCH: usize = 256;
-/// Batch queries in flight at once per kind of lookup.
-const MAX_INFLIGHT: usize = 4;
+/// Batch queries in flight at once per kind of lookup. One: while it runs, the crowd gathers
+/// into the next batch, and fewer, larger queries cost the database and the node less per
+/// lookup. A lone lookup still goes out at once. Measured with `confab-bench idle` (19,000
+/// connects, 2 rounds each pair): 4 → 2 took the machine's CPU per connect down 7-8% and 2 → 1
+/// another 11-14% (connects/s +5-12% each step, within this machine's noise on its own).
+const MAX_INFLIGHT: usize = 1;
 
 /// The lookup failed as a batch; the caller retries alone (and gets its own, typed error).
 #[derive(Debug, PartialEq, Eq)]
