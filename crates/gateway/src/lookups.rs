@@ -44,7 +44,7 @@ impl Counted {
     }
 }
 
-/// Connect-time reads (see the module docs).
+/// The batched reads of connects and presence (see the module docs).
 pub struct Lookups {
     store: Store,
     batched: Option<Batched>,
@@ -125,7 +125,7 @@ impl Lookups {
         self.store.token_user(token_hash, Utc::now()).await
     }
 
-    /// The threads `user` is a member of.
+    /// The threads `user` is a member of (a connect, and presence building an event).
     pub async fn user_thread_ids(&self, user: UserId) -> Result<Vec<ThreadId>> {
         if let Some(b) = &self.batched {
             if let Ok(found) = b.threads.get(user).await {
