@@ -470,6 +470,11 @@ fn fanout_table(w: &mut String, runs: &[FanoutReport]) {
 
 /// Mean of a Prometheus histogram over the window, in ms, summed over every scraped node.
 fn metric_mean_ms(metrics: &[MetricsDelta], family: &str) -> Option<f64> {
+    metric_mean(metrics, family).map(|s| s * 1000.0)
+}
+
+/// A histogram's mean over the run (its `_sum` over its `_count`, all nodes together).
+fn metric_mean(metrics: &[MetricsDelta], family: &str) -> Option<f64> {
     let get = |suffix: &str| -> f64 {
         metrics
             .iter()
@@ -477,7 +482,7 @@ fn metric_mean_ms(metrics: &[MetricsDelta], family: &str) -> Option<f64> {
             .sum()
     };
     let count = get("count");
-    (count > 0.0).then(|| get("sum") / count * 1000.0)
+    (count > 0.0).then(|| get("sum") / count)
 }
 
 /// Where a fan-out run's latency accumulated, from the nodes' own `/metrics` (scraped before
@@ -495,12 +500,15 @@ fn latency_split(w: &mut String, runs: &[FanoutReport]) {
          group-commit writer, the batch statement and its commit), `publish → hub` is \
          `confab_fanout_latency_seconds` (after the commit until handed to local sessions); \
          `gap reads` counts `confab_gap_repairs_total{{scope=\"node\"}}` — holes a node still \
-         saw after `delivery.gap_grace_ms` and read from the database.\n"
+         saw after `delivery.gap_grace_ms` and read from the database; `sends per commit` is \
+         `confab_store_batch_size` (how many sends shared one group commit, which is what sets \
+         the database's cost per message).\n"
     );
     let _ = writeln!(
         w,
-        "| run | ack p50 / p99 ms (client) | store mean ms | publish → hub mean ms | \
-         delivery p50 / p99 ms (client) | gap reads |\n|---|---|---|---|---|---|"
+        "| run | ack p50 / p99 ms (client) | store mean ms | sends per commit | \
+         publish → hub mean ms | delivery p50 / p99 ms (client) | gap reads |\n\
+         |---|---|---|---|---|---|---|"
     );
     let ms = |v: Option<f64>| v.map_or_else(|| "—".to_owned(), |v| format!("{v:.1}"));
     for f in rows {
@@ -511,11 +519,12 @@ fn latency_split(w: &mut String, runs: &[FanoutReport]) {
             .sum();
         let _ = writeln!(
             w,
-            "| {} | {:.1} / {:.1} | {} | {} | {:.1} / {:.1} | {} |",
+            "| {} | {:.1} / {:.1} | {} | {} | {} | {:.1} / {:.1} | {} |",
             f.label,
             f.ack_latency_ms.p50,
             f.ack_latency_ms.p99,
             ms(metric_mean_ms(&f.metrics, "confab_store_latency_seconds")),
+            ms(metric_mean(&f.metrics, "confab_store_batch_size")),
             ms(metric_mean_ms(&f.metrics, "confab_fanout_latency_seconds")),
             f.latency_ms.p50,
             f.latency_ms.p99,
@@ -611,6 +620,37 @@ fn bucket_shares(text: &str) -> Vec<(&'static str, f64)> {
     sorted
 }
 
+/// Postgres CPU per stored message against how many sends shared a commit, run by run: a
+/// batch call has a fixed cost (the function call, its plans, the commit and WAL flush), so
+/// the database's cost per message is set mostly by the batch size the load allows.
+fn commit_sharing(w: &mut String, runs: &[FanoutReport]) {
+    let parts: Vec<String> = runs
+        .iter()
+        .filter_map(|f| {
+            let per_commit = metric_mean(&f.metrics, "confab_store_batch_size")?;
+            let pg = f.cpu.cpu_of("postgres");
+            (pg > 0.0 && f.sent > 0).then(|| {
+                format!(
+                    "`{}` {:.1} sends per commit, {:.0} µs",
+                    f.label,
+                    per_commit,
+                    pg / f.sent as f64 * 1e6
+                )
+            })
+        })
+        .collect();
+    if parts.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        w,
+        "\nPostgres CPU per stored message against how many sends shared one group commit \
+         (`confab_store_batch_size`): {}. A batch call has a fixed cost (the function call, its \
+         plans, the commit and its WAL flush) that the sends of one batch share.",
+        parts.join("; ")
+    );
+}
+
 /// A few sentences computed from the measurements: who used the CPU at ~90k deliveries/s,
 /// and what the gateway's own samples were spent on.
 fn time_summary(w: &mut String, r: &Results, inputs: &Inputs) {
@@ -647,6 +687,7 @@ fn time_summary(w: &mut String, r: &Results, inputs: &Inputs) {
         nodes / (f.sent.max(1) as f64) * 1e6,
         pg / (f.sent.max(1) as f64) * 1e6,
     );
+    commit_sharing(w, &r.fanout);
     for (label, text) in &inputs.profiles {
         let shares = bucket_shares(text);
         if shares.is_empty() {
@@ -906,7 +947,7 @@ mod tests {
 
     #[test]
     fn the_latency_split_averages_histograms_over_both_nodes() {
-        let node = |sum: f64, count: f64, gaps: f64| {
+        let node = |sum: f64, count: f64, gaps: f64, commits: f64| {
             let mut m = MetricsDelta::default();
             m.counters
                 .insert("confab_store_latency_seconds_sum".into(), sum);
@@ -914,10 +955,15 @@ mod tests {
                 .insert("confab_store_latency_seconds_count".into(), count);
             m.counters
                 .insert("confab_gap_repairs_total{scope=\"node\"}".into(), gaps);
+            m.counters
+                .insert("confab_store_batch_size_sum".into(), count);
+            m.counters
+                .insert("confab_store_batch_size_count".into(), commits);
             m
         };
-        // 3 s over 1,000 sends and 1 s over 1,000: 2 ms on average, not the mean of means.
-        let both = [node(3.0, 1000.0, 7.0), node(1.0, 1000.0, 5.0)];
+        // 3 s over 1,000 sends and 1 s over 1,000: 2 ms on average, not the mean of means;
+        // 2,000 sends in 500 commits: 4 per commit (the mean of the nodes' means would say 6.25).
+        let both = [node(3.0, 1000.0, 7.0, 100.0), node(1.0, 1000.0, 5.0, 400.0)];
         let mean = metric_mean_ms(&both, "confab_store_latency_seconds");
         assert!(mean.is_some_and(|v| (v - 2.0).abs() < 1e-9), "{mean:?}");
         assert_eq!(metric_mean_ms(&both, "confab_fanout_latency_seconds"), None);
@@ -929,7 +975,7 @@ mod tests {
         let mut md = String::new();
         latency_split(&mut md, &[run]);
         assert!(
-            md.contains("| fanout-x | 0.0 / 0.0 | 2.0 | — | 0.0 / 0.0 | 12 |"),
+            md.contains("| fanout-x | 0.0 / 0.0 | 2.0 | 4.0 | — | 0.0 / 0.0 | 12 |"),
             "{md}"
         );
         // Runs without scrapes leave the section out.

@@ -33,6 +33,8 @@ pub struct Metrics {
     pub fanout_latency: Histogram,
     /// The send transaction, seconds.
     pub store_latency: Histogram,
+    /// Sends stored per group commit (one batch writer turn).
+    pub store_batch_size: Histogram,
     /// Thread channels this node is subscribed to.
     pub subscriptions: IntGauge,
     /// Pub/sub reconnects.
@@ -127,6 +129,15 @@ impl Metrics {
                 HistogramOpts::new("confab_store_latency_seconds", "Send transaction duration")
                     .buckets(lat_buckets.clone()),
             )),
+            store_batch_size: must(Histogram::with_opts(
+                HistogramOpts::new(
+                    "confab_store_batch_size",
+                    "Sends stored per group commit (one batch writer turn)",
+                )
+                .buckets(vec![
+                    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0,
+                ]),
+            )),
             subscriptions: must(IntGauge::new(
                 "confab_redis_subscriptions",
                 "Thread channels subscribed",
@@ -209,6 +220,7 @@ impl Metrics {
         must(r.register(Box::new(self.refused.clone())));
         must(r.register(Box::new(self.fanout_latency.clone())));
         must(r.register(Box::new(self.store_latency.clone())));
+        must(r.register(Box::new(self.store_batch_size.clone())));
         must(r.register(Box::new(self.subscriptions.clone())));
         must(r.register(Box::new(self.pubsub_reconnects.clone())));
         must(r.register(Box::new(self.pubsub_stalls.clone())));

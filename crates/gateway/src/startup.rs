@@ -14,7 +14,7 @@ use crate::ratelimit::TokenBucket;
 use crate::state::AppState;
 use actix_web::dev::{Server, ServerHandle, Service};
 use actix_web::{web, App, HttpServer};
-use confab_persistence::{OnStored, SendBatcher, Store, StoreOptions};
+use confab_persistence::{BatchHooks, OnBatch, OnStored, SendBatcher, Store, StoreOptions};
 use confab_protocol::CloseReason;
 use secrecy::ExposeSecret;
 use std::net::TcpListener;
@@ -124,12 +124,17 @@ impl Application {
             let (broker, keys) = (broker.clone(), keys.clone());
             let publish: OnStored =
                 Arc::new(move |msg| publish_stored(broker.as_ref(), &keys, msg));
+            let sizes = metrics.store_batch_size.clone();
+            let on_batch: OnBatch = Arc::new(move |n| sizes.observe(n as f64));
             SendBatcher::start(
                 store.clone(),
                 settings.database.send_writers,
                 settings.database.send_batch_max,
                 settings.database.send_queue,
-                Some(publish),
+                BatchHooks {
+                    on_stored: Some(publish),
+                    on_batch: Some(on_batch),
+                },
             )
         });
         let chat = Chat::new(

@@ -28,6 +28,19 @@ use tokio::sync::{mpsc, oneshot};
 /// must not block.
 pub type OnStored = Arc<dyn Fn(&Message) + Send + Sync>;
 
+/// Called with the number of sends a writer took in one turn (one group commit), before it
+/// stores them: how well commits are shared, which is what a message costs the database.
+pub type OnBatch = Arc<dyn Fn(usize) + Send + Sync>;
+
+/// What the writers report as they go. Both hooks run on a writer's task and must not block.
+#[derive(Clone, Default)]
+pub struct BatchHooks {
+    /// Sees every stored message (see [`OnStored`]).
+    pub on_stored: Option<OnStored>,
+    /// Sees every batch's size (see [`OnBatch`]).
+    pub on_batch: Option<OnBatch>,
+}
+
 struct Pending {
     thread: ThreadId,
     sender: UserId,
@@ -46,7 +59,7 @@ pub struct SendBatcher {
 impl SendBatcher {
     /// Start `writers` writer tasks taking up to `max_batch` sends each; at most `queue` sends
     /// wait in all (further senders wait for room, which is the backpressure on a saturated
-    /// database). `on_stored` sees every stored message (see [`OnStored`]).
+    /// database). `hooks` see every batch and every stored message (see [`BatchHooks`]).
     ///
     /// Threads are partitioned among the writers by id. Why: a batch locks every thread it
     /// touches until it commits, so writers sharing threads would mostly wait for each other;
@@ -57,7 +70,7 @@ impl SendBatcher {
         writers: usize,
         max_batch: usize,
         queue: usize,
-        on_stored: Option<OnStored>,
+        hooks: BatchHooks,
     ) -> Self {
         let n = writers.max(1);
         let per_writer = (queue / n).max(1);
@@ -66,13 +79,16 @@ impl SendBatcher {
             let (tx, mut rx) = mpsc::channel(per_writer);
             txs.push(tx);
             let store = store.clone();
-            let on_stored = on_stored.clone();
+            let hooks = hooks.clone();
             tokio::spawn(async move {
                 let mut batch = Vec::with_capacity(max_batch);
                 // Whatever queued while the previous batch committed goes in the next one.
                 while rx.recv_many(&mut batch, max_batch.max(1)).await > 0 {
+                    if let Some(hook) = &hooks.on_batch {
+                        hook(batch.len());
+                    }
                     store
-                        .write_batch(std::mem::take(&mut batch), on_stored.as_ref())
+                        .write_batch(std::mem::take(&mut batch), hooks.on_stored.as_ref())
                         .await;
                 }
             });

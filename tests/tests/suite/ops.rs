@@ -380,6 +380,10 @@ async fn counters_move_when_messages_flow_across_nodes() {
     );
     assert_eq!(d0(&s0, "confab_messages_stored_total", &[]), n);
     assert_eq!(d0(&s0, "confab_store_latency_seconds_count", &[]), n);
+    // Each send waited for its ack before the next, so each was a group commit of its own;
+    // the refused one never reached the writer.
+    assert_eq!(d0(&s0, "confab_store_batch_size_count", &[]), n);
+    assert_eq!(d0(&s0, "confab_store_batch_size_sum", &[]), n);
     assert_eq!(
         d0(
             &s0,
