@@ -235,7 +235,7 @@ both_backends!(
 /// hold the thread back meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_batcher_announces_each_stored_message_once_in_seq_order_before_answering() {
-    use confab_persistence::{OnStored, SendBatcher, SendOutcome, Store, StoreOptions};
+    use confab_persistence::{BatchHooks, OnStored, SendBatcher, SendOutcome, Store, StoreOptions};
     use std::sync::{Arc, Mutex};
 
     let url = confab_tests::create_database(&confab_tests::pg_admin_url()).await;
@@ -281,8 +281,26 @@ async fn the_batcher_announces_each_stored_message_once_in_seq_order_before_answ
     // Two writers whose batches meet on the same threads, as two nodes' writers do; small
     // batches so that many of them commit.
     let batchers = [
-        SendBatcher::start(store.clone(), 1, 7, 1000, Some(hook(0))),
-        SendBatcher::start(store.clone(), 1, 7, 1000, Some(hook(1))),
+        SendBatcher::start(
+            store.clone(),
+            1,
+            7,
+            1000,
+            BatchHooks {
+                on_stored: Some(hook(0)),
+                on_batch: None,
+            },
+        ),
+        SendBatcher::start(
+            store.clone(),
+            1,
+            7,
+            1000,
+            BatchHooks {
+                on_stored: Some(hook(1)),
+                on_batch: None,
+            },
+        ),
     ];
 
     const PER_SENDER: usize = 30;
