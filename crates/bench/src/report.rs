@@ -501,7 +501,7 @@ fn latency_split(w: &mut String, runs: &[FanoutReport]) {
          `confab_fanout_latency_seconds` (after the commit until handed to local sessions); \
          `gap reads` counts `confab_gap_repairs_total{{scope=\"node\"}}` — holes a node still \
          saw after `delivery.gap_grace_ms` and read from the database; `sends per commit` is \
-         `confab_store_batch_size` (how many sends shared one group commit, which is what sets \
+         `confab_store_batch_size` (how many sends shared one group commit, which largely sets \
          the database's cost per message).\n"
     );
     let _ = writeln!(
