@@ -83,6 +83,9 @@ pub struct DatabaseSettings {
     pub send_batch_max: usize,
     /// Sends waiting for a writer before senders wait for room (backpressure).
     pub send_queue: usize,
+    /// Under load, how long (µs) a writer gathers more sends before a batch that is not full
+    /// (0: never); see `SendBatcher::start`.
+    pub send_linger_us: u64,
 }
 
 /// Redis connection.

@@ -131,6 +131,7 @@ impl Application {
                 settings.database.send_writers,
                 settings.database.send_batch_max,
                 settings.database.send_queue,
+                Duration::from_micros(settings.database.send_linger_us),
                 BatchHooks {
                     on_stored: Some(publish),
                     on_batch: Some(on_batch),

@@ -279,13 +279,15 @@ async fn the_batcher_announces_each_stored_message_once_in_seq_order_before_answ
         })
     };
     // Two writers whose batches meet on the same threads, as two nodes' writers do; small
-    // batches so that many of them commit.
+    // batches so that many of them commit. The second lingers for more sends under load (the
+    // gathering path must keep the same promises).
     let batchers = [
         SendBatcher::start(
             store.clone(),
             1,
             7,
             1000,
+            std::time::Duration::ZERO,
             BatchHooks {
                 on_stored: Some(hook(0)),
                 on_batch: None,
@@ -296,6 +298,7 @@ async fn the_batcher_announces_each_stored_message_once_in_seq_order_before_answ
             1,
             7,
             1000,
+            std::time::Duration::from_millis(2),
             BatchHooks {
                 on_stored: Some(hook(1)),
                 on_batch: None,
@@ -378,4 +381,109 @@ async fn the_batcher_announces_each_stored_message_once_in_seq_order_before_answ
     for m in &acked {
         assert!(seen.iter().any(|(_, x)| x.id == m.id && x.seq == m.seq));
     }
+}
+
+/// `database.send_linger_us`: under load (the previous batch held several sends) a writer that
+/// finds a small batch waits for more before storing it, and a send after a batch of one is
+/// stored at once. Proved by the batch sizes the writer reports, with a linger of an hour: a
+/// send that waited for it would never be answered within the test. A current-thread runtime
+/// makes "three sends queued together" one batch: they are all queued before the writer runs.
+#[tokio::test(flavor = "current_thread")]
+async fn a_lingering_writer_fills_small_batches_under_load_and_never_delays_a_lone_send() {
+    use confab_persistence::{BatchHooks, OnBatch, SendBatcher, SendOutcome, Store, StoreOptions};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    let url = confab_tests::create_database(&confab_tests::pg_admin_url()).await;
+    let store = Store::connect(&StoreOptions {
+        url,
+        max_connections: 4,
+        acquire_timeout: Duration::from_secs(10),
+        migrate: true,
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let me = store
+        .create_user("lingerer", "x")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let other = store
+        .create_user("listener", "x")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let thread = store
+        .create_group_thread(me.id, &[other.id], "linger", false)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .id;
+
+    let sizes: Arc<Mutex<Vec<usize>>> = Arc::default();
+    let on_batch: OnBatch = {
+        let sizes = sizes.clone();
+        Arc::new(move |n| sizes.lock().unwrap_or_else(|p| p.into_inner()).push(n))
+    };
+    // Batches of at most 4, so a lingering writer gathers until it holds 4.
+    let batcher = SendBatcher::start(
+        store.clone(),
+        1,
+        4,
+        100,
+        Duration::from_secs(3600),
+        BatchHooks {
+            on_stored: None,
+            on_batch: Some(on_batch),
+        },
+    );
+    let send = |k: usize| {
+        let b = batcher.clone();
+        tokio::spawn(async move { b.send(thread, me.id, &format!("c{k}"), "hi").await })
+    };
+    let stored = |r: Result<confab_persistence::Result<SendOutcome>, tokio::task::JoinError>| {
+        let r = r.unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(r, Ok(SendOutcome::Stored(_))), "{r:?}");
+    };
+    let sizes_now = || sizes.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    // A hang guard only (the linger is an hour), not a speed bound.
+    let within = |f| tokio::time::timeout(Duration::from_secs(60), f);
+
+    // Load: three sends queued together are one batch.
+    let burst: Vec<_> = (0..3).map(send).collect();
+    for h in burst {
+        stored(
+            within(h)
+                .await
+                .unwrap_or_else(|_| panic!("burst send hung")),
+        );
+    }
+    assert_eq!(sizes_now(), vec![3]);
+
+    // Under load a lone send waits for company...
+    let lone = send(3);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !lone.is_finished(),
+        "the writer stored a small batch under load at once"
+    );
+    assert_eq!(sizes_now(), vec![3]);
+    // ...and is stored with the sends that arrive meanwhile, once the batch is full.
+    let more: Vec<_> = (4..7).map(send).collect();
+    for h in std::iter::once(lone).chain(more) {
+        stored(
+            within(h)
+                .await
+                .unwrap_or_else(|_| panic!("gathered send hung")),
+        );
+    }
+    assert_eq!(sizes_now(), vec![3, 4]);
+
+    // After a full batch, and after a batch of one, nothing waits: each lone send is stored on
+    // its own (with an hour's linger, a send that lingered would hang here).
+    for k in 7..9 {
+        stored(
+            within(send(k))
+                .await
+                .unwrap_or_else(|_| panic!("lone send {k} lingered")),
+        );
+    }
+    assert_eq!(sizes_now(), vec![3, 4, 1, 1]);
 }
