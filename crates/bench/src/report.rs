@@ -458,8 +458,18 @@ fn fanout_table(w: &mut String, runs: &[FanoutReport]) {
         .filter(|f| !f.clean())
         .map(|f| {
             format!(
-                "- `{}`: unacked {}, send errors {:?}, disconnects {:?}, drained {}",
-                f.label, f.unacked, f.send_errors, f.disconnects, f.drained
+                "- `{}`: unacked {}, send errors {:?}, disconnects {:?}, drained {}{}",
+                f.label,
+                f.unacked,
+                f.send_errors,
+                f.disconnects,
+                f.drained,
+                if f.drained {
+                    ""
+                } else {
+                    " (the load generator stopped waiting: its `lost` counts deliveries still in \
+                     flight then as well as any lost)"
+                }
             )
         })
         .collect();
