@@ -83,8 +83,8 @@ pub struct DatabaseSettings {
     pub send_batch_max: usize,
     /// Sends waiting for a writer before senders wait for room (backpressure).
     pub send_queue: usize,
-    /// Under load, how long (µs) a writer gathers more sends before a batch that is not full
-    /// (0: never); see `SendBatcher::start`.
+    /// Under moderate load (previous batch of 2-15 sends), how long (µs) a writer gathers more
+    /// sends before storing fewer than 16 (0: never); see `SendBatcher::start`.
     pub send_linger_us: u64,
 }
 

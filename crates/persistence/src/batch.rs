@@ -5,9 +5,9 @@
 //! A few writer tasks pull whatever is queued (up to a batch size) and store it at once; while
 //! one batch commits, the next one fills, so batches grow with load and a lone send waits for
 //! nobody (under moderate load a writer lingers briefly to fill a small batch: see
-//! [`SendBatcher::start`]). Anything the batch statement did not store (a retry of a stored `client_msg_id`, a
-//! non-member, a duplicate inside the batch) or a batch that failed as a whole goes through the
-//! single-send path, which classifies it exactly.
+//! [`SendBatcher::start`]). Anything the batch statement did not store (a retry of a stored
+//! `client_msg_id`, a non-member, a duplicate inside the batch) or a batch that failed as a
+//! whole goes through the single-send path, which classifies it exactly.
 //!
 //! Every message a writer stores is handed to an optional [`OnStored`] hook right after its
 //! commit, before its sender hears back. The gateway publishes there: the messages of one batch
@@ -94,11 +94,11 @@ impl SendBatcher {
             let hooks = hooks.clone();
             tokio::spawn(async move {
                 let max_batch = max_batch.max(1);
+                let enough = max_batch.min(LINGER_UNTIL);
                 let mut batch = Vec::with_capacity(max_batch);
                 let mut previous = 0;
                 // Whatever queued while the previous batch committed goes in the next one.
                 while rx.recv_many(&mut batch, max_batch).await > 0 {
-                    let enough = max_batch.min(LINGER_UNTIL);
                     if (2..enough).contains(&previous) && !linger.is_zero() {
                         gather(&mut rx, &mut batch, enough, linger).await;
                     }
