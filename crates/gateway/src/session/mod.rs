@@ -191,9 +191,15 @@ impl Session {
         let timeout = Duration::from_millis(s.session.heartbeat_timeout_ms);
         let max_inflight = s.session.max_inflight_sends.max(1);
         let mut last_heard = Instant::now();
-        let hold_until = tokio::time::sleep(RESUME_HOLD);
-        tokio::pin!(hold_until);
+        // Boxed, and only while the session holds: inline, the timer would size every
+        // session's task for a wait most sessions never make.
+        let mut hold_until = self
+            .holding
+            .then(|| Box::pin(tokio::time::sleep(RESUME_HOLD)));
         loop {
+            if !self.holding && hold_until.is_some() {
+                hold_until = None; // released by the client's `resume`
+            }
             // Unbiased on purpose: a client that keeps sending must not starve its own
             // deliveries into a slow-consumer close, and a busy outbound queue must not starve
             // the client's frames, pongs or the answers to its sends either.
@@ -208,7 +214,7 @@ impl Session {
                         return end;
                     }
                 }
-                reply = self.pipeline.pending.next(), if self.pipeline.len() > 0 => {
+                reply = self.pipeline.next_reply(), if self.pipeline.len() > 0 => {
                     if let Some(reply) = reply {
                         if let Err(end) = Box::pin(self.finish_send(reply)).await {
                             return end;
@@ -230,7 +236,8 @@ impl Session {
                         return end;
                     }
                 }
-                _ = &mut hold_until, if self.holding => {
+                _ = async { if let Some(h) = hold_until.as_mut() { h.await } },
+                    if self.holding && hold_until.is_some() => {
                     self.holding = false;
                 }
                 _ = heartbeat.tick() => {

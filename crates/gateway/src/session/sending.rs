@@ -34,7 +34,9 @@ pub(super) struct SendReply {
 /// A session's pending sends and the frames held behind them.
 #[derive(Default)]
 pub(crate) struct Pipeline {
-    pub(super) pending: futures_util::stream::FuturesOrdered<LocalBoxFuture<'static, SendReply>>,
+    /// Created by the first send and dropped when the last one is answered: an empty
+    /// `FuturesOrdered` still holds ~150 bytes of shared state, which an idle session need not.
+    pending: Option<futures_util::stream::FuturesOrdered<LocalBoxFuture<'static, SendReply>>>,
     /// Pending sends per thread.
     to_thread: HashMap<ThreadId, usize>,
     /// Highest `seq` acknowledged to this session per thread.
@@ -57,7 +59,24 @@ impl Pipeline {
 
     /// Sends waiting for their commit.
     pub(super) fn len(&self) -> usize {
-        self.pending.len()
+        self.pending.as_ref().map_or(0, |p| p.len())
+    }
+
+    fn push(&mut self, send: LocalBoxFuture<'static, SendReply>) {
+        self.pending
+            .get_or_insert_with(Default::default)
+            .push_back(send);
+    }
+
+    /// The next answered send, in the order they were made (`None` when none is pending).
+    /// Cancel-safe: a reply is only taken in the poll that returns it.
+    pub(super) async fn next_reply(&mut self) -> Option<SendReply> {
+        let pending = self.pending.as_mut()?;
+        let reply = pending.next().await;
+        if pending.is_empty() {
+            self.pending = None;
+        }
+        reply
     }
 
     fn thread_of(out: &Outbound) -> Option<ThreadId> {
@@ -128,15 +147,13 @@ impl Session {
                 req,
                 result: Err(Error::RateLimited("too many messages; slow down".into())),
             };
-            self.pipeline
-                .pending
-                .push_back(Box::pin(std::future::ready(refused)));
+            self.pipeline.push(Box::pin(std::future::ready(refused)));
             return;
         }
         let chat = self.state.chat.clone();
         // Tracked so a drain waits for the commit and the ack.
         let token = self.state.tracker.token();
-        self.pipeline.pending.push_back(Box::pin(async move {
+        self.pipeline.push(Box::pin(async move {
             let stored = chat.send(me, thread_id, &client_msg_id, &body).await;
             drop(token);
             let result = stored.map(|(msg, duplicate)| {
@@ -188,7 +205,7 @@ impl Session {
 
     /// Answer every pending send, in order.
     pub(super) async fn flush_sends(&mut self) -> Result<(), End> {
-        while let Some(reply) = self.pipeline.pending.next().await {
+        while let Some(reply) = self.pipeline.next_reply().await {
             self.finish_send(reply).await?;
         }
         Ok(())
