@@ -589,7 +589,9 @@ fn idle_section(w: &mut String, i: &IdleReport) {
          loopback source address(es). The node's fd limit (20,000) caps one process below \
          20,000 sockets, so the 100,000-connection figure is an extrapolation from this \
          measurement, not a measurement. Setup (registration, rooms) took {:.1} s and is not \
-         part of the connect rate.",
+         part of the connect rate. What an idle connection's memory is made of (a heap \
+         profile), and the two patched dependencies that keep it small, is in \
+         `vendor/README.md`.",
         n0(i.users as f64),
         n0(i.rooms as f64),
         i.sources,
