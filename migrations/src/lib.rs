@@ -7,6 +7,7 @@ mod m0001_initial;
 mod m0002_feature_indexes;
 mod m0003_store_batch_function;
 mod m0004_one_index_for_seq_and_unread;
+mod m0005_store_batch_index_plans;
 
 /// All migrations in order.
 pub struct Migrator;
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0002_feature_indexes::Migration),
             Box::new(m0003_store_batch_function::Migration),
             Box::new(m0004_one_index_for_seq_and_unread::Migration),
+            Box::new(m0005_store_batch_index_plans::Migration),
         ]
     }
 }

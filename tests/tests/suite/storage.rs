@@ -487,3 +487,214 @@ async fn a_lingering_writer_fills_small_batches_under_load_and_never_delays_a_lo
     }
     assert_eq!(sizes_now(), vec![3, 4, 1, 1]);
 }
+
+/// Run `sql` on `store`'s pool and return its rows (test helper for raw statements).
+async fn raw(store: &confab_persistence::Store, sql: &str) -> Vec<sea_orm::QueryResult> {
+    use sea_orm::{ConnectionTrait, DbBackend, Statement};
+    store
+        .connection()
+        .query_all(Statement::from_string(DbBackend::Postgres, sql))
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+/// `(table, sequential scans, index scans)` of the three tables every send touches, from `rows`
+/// of `pg_stat_*_user_tables` selected as `t, seq_scan, idx_scan`.
+fn scan_counts(rows: Vec<sea_orm::QueryResult>) -> Vec<(String, i64, i64)> {
+    let get = |row: &sea_orm::QueryResult, c: &str| -> i64 {
+        row.try_get("", c).unwrap_or_else(|e| panic!("{c}: {e}"))
+    };
+    let out: Vec<(String, i64, i64)> = rows
+        .iter()
+        .map(|row| {
+            let t: String = row.try_get("", "t").unwrap_or_else(|e| panic!("{e}"));
+            (t, get(row, "seq_scan"), get(row, "idx_scan"))
+        })
+        .collect();
+    assert_eq!(out.len(), 3, "statistics of all three tables: {out:?}");
+    out
+}
+
+/// Flush this connection's table counters and read them (a backend publishes its counters when
+/// it goes idle, at most once a second unless told; the pool has one connection, so it is the
+/// one that did the work).
+async fn flushed_scans(store: &confab_persistence::Store) -> Vec<(String, i64, i64)> {
+    raw(store, "SELECT pg_stat_force_next_flush()").await;
+    scan_counts(raw(store, SCANS).await)
+}
+
+/// Assert that no sequential scan of the three tables happened between `before` and `after`,
+/// and that each was read by index.
+fn assert_index_only(before: &[(String, i64, i64)], after: &[(String, i64, i64)]) {
+    for ((t, seq0, idx0), (_, seq1, idx1)) in before.iter().zip(after) {
+        assert_eq!(
+            seq1 - seq0,
+            0,
+            "{t}: sequential scans ({} index scans): {before:?} → {after:?}",
+            idx1 - idx0
+        );
+        assert!(idx1 > idx0, "{t}: read by index: {before:?} → {after:?}");
+    }
+}
+
+const SCANS: &str = "SELECT relname::text AS t, seq_scan, idx_scan FROM pg_stat_user_tables \
+     WHERE relname IN ('messages', 'threads', 'thread_members') ORDER BY relname";
+
+/// A fresh database with four users in one thread, analyzed while small (the state a database
+/// is in once autovacuum has visited it early on), on a pool of `connections`.
+async fn small_analyzed_store(
+    connections: u32,
+) -> (
+    confab_persistence::Store,
+    Vec<confab_protocol::UserId>,
+    confab_protocol::ThreadId,
+) {
+    use confab_persistence::{Store, StoreOptions};
+    let url = confab_tests::create_database(&confab_tests::pg_admin_url()).await;
+    let store = Store::connect(&StoreOptions {
+        url,
+        max_connections: connections,
+        acquire_timeout: std::time::Duration::from_secs(10),
+        migrate: true,
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut members = Vec::new();
+    for i in 0..4 {
+        let u = store
+            .create_user(&format!("planner{i}"), "x")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        members.push(u.id);
+    }
+    let thread = store
+        .create_group_thread(members[0], &members[1..], "plans", false)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .id;
+    raw(&store, "ANALYZE").await;
+    (store, members, thread)
+}
+
+/// Everything a send does to the database, and the reads that follow it, finds rows by index on
+/// tables the planner believes tiny: Postgres keeps a connection's plans (prepared statements,
+/// PL/pgSQL, foreign-key checks), and a sequential scan planned while `threads` was small reads
+/// every dead version its per-send updates leave behind, more with every send (the store's
+/// connection setup and migration m0005). Counted by Postgres itself on a pool of one
+/// connection: without the setting this counts sequential scans of all three tables.
+#[tokio::test(flavor = "current_thread")]
+async fn sends_and_reads_find_rows_by_index_only() {
+    use confab_persistence::{BatchHooks, SendBatcher, SendOutcome};
+
+    let (store, members, thread) = small_analyzed_store(1).await;
+    let before = flushed_scans(&store).await;
+
+    // Lone sends (one statement each).
+    for (k, &m) in members.iter().enumerate() {
+        let out = store
+            .send_message(thread, m, &format!("lone{k}"), "hello")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(out, SendOutcome::Stored(_)), "{out:?}");
+    }
+    // Sends queued together: one batch call (this runtime runs the writer only once all four
+    // are queued).
+    let batcher = SendBatcher::start(
+        store.clone(),
+        1,
+        16,
+        100,
+        std::time::Duration::ZERO,
+        BatchHooks::default(),
+    );
+    let sends: Vec<_> = members
+        .iter()
+        .enumerate()
+        .map(|(k, &m)| {
+            let b = batcher.clone();
+            tokio::spawn(async move { b.send(thread, m, &format!("many{k}"), "hi").await })
+        })
+        .collect();
+    for s in sends {
+        let out = s.await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(out, Ok(SendOutcome::Stored(_))), "{out:?}");
+    }
+    // The reads that follow: history, replay, the thread list, a read receipt.
+    let page = store
+        .history_page(thread, None, 20, members[1])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(page.len(), 8);
+    let after = store
+        .messages_after(thread, 2, 100)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(after.len(), 6);
+    let (list, _) = store
+        .thread_list(members[2], None, 20)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(list.len(), 1);
+    store
+        .mark_read(thread, members[3], 8)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    let after = flushed_scans(&store).await;
+    assert_index_only(&before, &after);
+}
+
+/// The batch store function reads its tables by index also on a connection that asks for
+/// sequential scans (a pooler that drops the store's connection setup, a tool's own session):
+/// migration m0005 sets it on the function itself. Counted over enough calls that PL/pgSQL runs
+/// both its custom plans and a cached generic one, in a transaction that turns sequential scans
+/// back on for the session.
+#[tokio::test(flavor = "current_thread")]
+async fn the_batch_store_function_reads_its_tables_by_index_only() {
+    use sea_orm::sea_query::ArrayType;
+    use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait, Value};
+
+    let (store, members, thread) = small_analyzed_store(1).await;
+    let before = flushed_scans(&store).await;
+    let uuids = |v: Vec<uuid::Uuid>| {
+        Value::Array(
+            ArrayType::Uuid,
+            Some(Box::new(v.into_iter().map(Value::from).collect())),
+        )
+    };
+    let texts = |v: Vec<String>| {
+        Value::Array(
+            ArrayType::String,
+            Some(Box::new(v.into_iter().map(Value::from).collect())),
+        )
+    };
+    let txn = store
+        .connection()
+        .begin()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    txn.execute_unprepared("SET LOCAL enable_seqscan = on")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    for round in 0..12 {
+        let rows = txn
+            .query_all(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT stored_id, stored_seq FROM confab_store_batch($1, $2, $3, $4, $5, $6)",
+                [
+                    uuids((0..4).map(|_| uuid::Uuid::now_v7()).collect()),
+                    uuids(vec![thread.0; 4]),
+                    uuids(members.iter().map(|m| m.0).collect()),
+                    texts((0..4).map(|k| format!("r{round}-{k}")).collect()),
+                    texts(vec!["hello".to_owned(); 4]),
+                    chrono::Utc::now().into(),
+                ],
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert_eq!(rows.len(), 4, "round {round}: every send stored");
+    }
+    txn.rollback().await.unwrap_or_else(|e| panic!("{e}"));
+    let after = flushed_scans(&store).await;
+    assert_index_only(&before, &after);
+}
