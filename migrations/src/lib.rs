@@ -8,6 +8,7 @@ mod m0002_feature_indexes;
 mod m0003_store_batch_function;
 mod m0004_one_index_for_seq_and_unread;
 mod m0005_store_batch_index_plans;
+mod m0006_message_thread_cascade_trigger;
 
 /// All migrations in order.
 pub struct Migrator;
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0003_store_batch_function::Migration),
             Box::new(m0004_one_index_for_seq_and_unread::Migration),
             Box::new(m0005_store_batch_index_plans::Migration),
+            Box::new(m0006_message_thread_cascade_trigger::Migration),
         ]
     }
 }

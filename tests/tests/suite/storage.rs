@@ -698,3 +698,93 @@ async fn the_batch_store_function_reads_its_tables_by_index_only() {
     let after = flushed_scans(&store).await;
     assert_index_only(&before, &after);
 }
+
+/// `messages.thread_id` has no foreign key on Postgres (migration m0006: its check cost a query
+/// per stored message), and what the key promised still holds: deleting a thread deletes its
+/// messages and their reactions, and a send to a thread that no longer exists stores nothing
+/// — on the lone-send statement and on the batch path alike.
+#[tokio::test(flavor = "current_thread")]
+async fn a_deleted_thread_takes_its_messages_along_and_accepts_none() {
+    use confab_persistence::{BatchHooks, SendBatcher, SendOutcome};
+
+    let (store, members, thread) = small_analyzed_store(2).await;
+    let batcher = SendBatcher::start(
+        store.clone(),
+        1,
+        16,
+        100,
+        std::time::Duration::ZERO,
+        BatchHooks::default(),
+    );
+    let mut stored = Vec::new();
+    for (k, &m) in members.iter().enumerate() {
+        let lone = store
+            .send_message(thread, m, &format!("lone{k}"), "hello")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let batched = batcher
+            .send(thread, m, &format!("many{k}"), "hi")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        for out in [lone, batched] {
+            let SendOutcome::Stored(msg) = out else {
+                panic!("not stored: {out:?}");
+            };
+            stored.push(msg);
+        }
+    }
+    store
+        .set_reaction(stored[0].id, members[1], "👍", true)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let count = |sql: String| {
+        let store = store.clone();
+        async move {
+            let rows = raw(&store, &sql).await;
+            let n: i64 = rows[0].try_get("", "n").unwrap_or_else(|e| panic!("{e}"));
+            n
+        }
+    };
+    let of_thread = format!("SELECT count(*) AS n FROM messages WHERE thread_id = '{thread}'");
+    let reactions = format!(
+        "SELECT count(*) AS n FROM reactions WHERE message_id = '{}'",
+        stored[0].id
+    );
+    assert_eq!(count(of_thread.clone()).await, 8);
+    assert_eq!(count(reactions.clone()).await, 1);
+
+    raw(
+        &store,
+        &format!("DELETE FROM threads WHERE id = '{thread}'"),
+    )
+    .await;
+    assert_eq!(
+        count(of_thread.clone()).await,
+        0,
+        "messages of the deleted thread"
+    );
+    assert_eq!(count(reactions).await, 0, "reactions to them");
+
+    // Sends to it, both paths: refused, nothing stored.
+    let lone = store
+        .send_message(thread, members[0], "after-lone", "anyone?")
+        .await;
+    assert!(matches!(lone, Ok(SendOutcome::NotMember)), "{lone:?}");
+    let sends: Vec<_> = members
+        .iter()
+        .enumerate()
+        .map(|(k, &m)| {
+            let b = batcher.clone();
+            tokio::spawn(async move { b.send(thread, m, &format!("after{k}"), "hi").await })
+        })
+        .collect();
+    for s in sends {
+        let out = s.await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(out, Ok(SendOutcome::NotMember)), "{out:?}");
+    }
+    assert_eq!(
+        count(of_thread).await,
+        0,
+        "nothing stored for a thread that is gone"
+    );
+}
