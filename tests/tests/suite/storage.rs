@@ -235,26 +235,11 @@ both_backends!(
 /// hold the thread back meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_batcher_announces_each_stored_message_once_in_seq_order_before_answering() {
-    use confab_persistence::{BatchHooks, OnStored, SendBatcher, SendOutcome, Store, StoreOptions};
+    use confab_persistence::{BatchHooks, OnStored, SendBatcher, SendOutcome};
     use std::sync::{Arc, Mutex};
 
-    let url = confab_tests::create_database(&confab_tests::pg_admin_url()).await;
-    let store = Store::connect(&StoreOptions {
-        url,
-        max_connections: 8,
-        acquire_timeout: std::time::Duration::from_secs(10),
-        migrate: true,
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-    let mut members = Vec::new();
-    for i in 0..6 {
-        let u = store
-            .create_user(&format!("hook{i}"), "x")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        members.push(u.id);
-    }
+    let store = fresh_store(8).await;
+    let members = new_users(&store, "hook", 6).await;
     let stranger = store
         .create_user("hookstranger", "x")
         .await
@@ -390,19 +375,11 @@ async fn the_batcher_announces_each_stored_message_once_in_seq_order_before_answ
 /// makes "three sends queued together" one batch: they are all queued before the writer runs.
 #[tokio::test(flavor = "current_thread")]
 async fn a_lingering_writer_fills_small_batches_under_load_and_never_delays_a_lone_send() {
-    use confab_persistence::{BatchHooks, OnBatch, SendBatcher, SendOutcome, Store, StoreOptions};
+    use confab_persistence::{BatchHooks, OnBatch, SendBatcher, SendOutcome};
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
-    let url = confab_tests::create_database(&confab_tests::pg_admin_url()).await;
-    let store = Store::connect(&StoreOptions {
-        url,
-        max_connections: 4,
-        acquire_timeout: Duration::from_secs(10),
-        migrate: true,
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    let store = fresh_store(4).await;
     let me = store
         .create_user("lingerer", "x")
         .await
@@ -488,6 +465,37 @@ async fn a_lingering_writer_fills_small_batches_under_load_and_never_delays_a_lo
     assert_eq!(sizes_now(), vec![3, 4, 1, 1]);
 }
 
+/// A store on a fresh, migrated Postgres database, on a pool of `connections`.
+async fn fresh_store(connections: u32) -> confab_persistence::Store {
+    use confab_persistence::{Store, StoreOptions};
+    let url = confab_tests::create_database(&confab_tests::pg_admin_url()).await;
+    Store::connect(&StoreOptions {
+        url,
+        max_connections: connections,
+        acquire_timeout: std::time::Duration::from_secs(10),
+        migrate: true,
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `n` new users named `<prefix><index>`.
+async fn new_users(
+    store: &confab_persistence::Store,
+    prefix: &str,
+    n: usize,
+) -> Vec<confab_protocol::UserId> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let u = store
+            .create_user(&format!("{prefix}{i}"), "x")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        ids.push(u.id);
+    }
+    ids
+}
+
 /// Run `sql` on `store`'s pool and return its rows (test helper for raw statements).
 async fn raw(store: &confab_persistence::Store, sql: &str) -> Vec<sea_orm::QueryResult> {
     use sea_orm::{ConnectionTrait, DbBackend, Statement};
@@ -512,6 +520,43 @@ fn scan_counts(rows: Vec<sea_orm::QueryResult>) -> Vec<(String, i64, i64)> {
         })
         .collect();
     assert_eq!(out.len(), 3, "statistics of all three tables: {out:?}");
+    out
+}
+
+/// One writer, batches of up to 16, no lingering, no hooks.
+fn plain_batcher(store: &confab_persistence::Store) -> confab_persistence::SendBatcher {
+    confab_persistence::SendBatcher::start(
+        store.clone(),
+        1,
+        16,
+        100,
+        std::time::Duration::ZERO,
+        confab_persistence::BatchHooks::default(),
+    )
+}
+
+/// One send from each of `members` to `thread`, all queued before any is answered (on a
+/// current-thread runtime the writer runs only once all are queued: one batch call); their
+/// outcomes in `members` order. Client message ids are `<prefix><index>`.
+async fn send_together(
+    batcher: &confab_persistence::SendBatcher,
+    thread: confab_protocol::ThreadId,
+    members: &[confab_protocol::UserId],
+    prefix: &str,
+) -> Vec<confab_persistence::Result<confab_persistence::SendOutcome>> {
+    let sends: Vec<_> = members
+        .iter()
+        .enumerate()
+        .map(|(k, &m)| {
+            let b = batcher.clone();
+            let cid = format!("{prefix}{k}");
+            tokio::spawn(async move { b.send(thread, m, &cid, "hi").await })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for s in sends {
+        out.push(s.await.unwrap_or_else(|e| panic!("{e}")));
+    }
     out
 }
 
@@ -549,24 +594,8 @@ async fn small_analyzed_store(
     Vec<confab_protocol::UserId>,
     confab_protocol::ThreadId,
 ) {
-    use confab_persistence::{Store, StoreOptions};
-    let url = confab_tests::create_database(&confab_tests::pg_admin_url()).await;
-    let store = Store::connect(&StoreOptions {
-        url,
-        max_connections: connections,
-        acquire_timeout: std::time::Duration::from_secs(10),
-        migrate: true,
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-    let mut members = Vec::new();
-    for i in 0..4 {
-        let u = store
-            .create_user(&format!("planner{i}"), "x")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        members.push(u.id);
-    }
+    let store = fresh_store(connections).await;
+    let members = new_users(&store, "planner", 4).await;
     let thread = store
         .create_group_thread(members[0], &members[1..], "plans", false)
         .await
@@ -584,7 +613,7 @@ async fn small_analyzed_store(
 /// connection: without the setting this counts sequential scans of all three tables.
 #[tokio::test(flavor = "current_thread")]
 async fn sends_and_reads_find_rows_by_index_only() {
-    use confab_persistence::{BatchHooks, SendBatcher, SendOutcome};
+    use confab_persistence::SendOutcome;
 
     let (store, members, thread) = small_analyzed_store(1).await;
     let before = flushed_scans(&store).await;
@@ -599,24 +628,8 @@ async fn sends_and_reads_find_rows_by_index_only() {
     }
     // Sends queued together: one batch call (this runtime runs the writer only once all four
     // are queued).
-    let batcher = SendBatcher::start(
-        store.clone(),
-        1,
-        16,
-        100,
-        std::time::Duration::ZERO,
-        BatchHooks::default(),
-    );
-    let sends: Vec<_> = members
-        .iter()
-        .enumerate()
-        .map(|(k, &m)| {
-            let b = batcher.clone();
-            tokio::spawn(async move { b.send(thread, m, &format!("many{k}"), "hi").await })
-        })
-        .collect();
-    for s in sends {
-        let out = s.await.unwrap_or_else(|e| panic!("{e}"));
+    let batcher = plain_batcher(&store);
+    for out in send_together(&batcher, thread, &members, "many").await {
         assert!(matches!(out, Ok(SendOutcome::Stored(_))), "{out:?}");
     }
     // The reads that follow: history, replay, the thread list, a read receipt.
@@ -705,17 +718,10 @@ async fn the_batch_store_function_reads_its_tables_by_index_only() {
 /// — on the lone-send statement and on the batch path alike.
 #[tokio::test(flavor = "current_thread")]
 async fn a_deleted_thread_takes_its_messages_along_and_accepts_none() {
-    use confab_persistence::{BatchHooks, SendBatcher, SendOutcome};
+    use confab_persistence::SendOutcome;
 
     let (store, members, thread) = small_analyzed_store(2).await;
-    let batcher = SendBatcher::start(
-        store.clone(),
-        1,
-        16,
-        100,
-        std::time::Duration::ZERO,
-        BatchHooks::default(),
-    );
+    let batcher = plain_batcher(&store);
     let mut stored = Vec::new();
     for (k, &m) in members.iter().enumerate() {
         let lone = store
@@ -770,16 +776,7 @@ async fn a_deleted_thread_takes_its_messages_along_and_accepts_none() {
         .send_message(thread, members[0], "after-lone", "anyone?")
         .await;
     assert!(matches!(lone, Ok(SendOutcome::NotMember)), "{lone:?}");
-    let sends: Vec<_> = members
-        .iter()
-        .enumerate()
-        .map(|(k, &m)| {
-            let b = batcher.clone();
-            tokio::spawn(async move { b.send(thread, m, &format!("after{k}"), "hi").await })
-        })
-        .collect();
-    for s in sends {
-        let out = s.await.unwrap_or_else(|e| panic!("{e}"));
+    for out in send_together(&batcher, thread, &members, "after").await {
         assert!(matches!(out, Ok(SendOutcome::NotMember)), "{out:?}");
     }
     assert_eq!(
