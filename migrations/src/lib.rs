@@ -10,6 +10,16 @@ mod m0004_one_index_for_seq_and_unread;
 mod m0005_store_batch_index_plans;
 mod m0006_message_thread_cascade_trigger;
 
+/// Run `sql` (one or more statements) when the database is Postgres; nothing on SQLite. For
+/// steps that only concern Postgres's own machinery (functions, triggers, planner settings).
+pub(crate) async fn on_postgres(m: &SchemaManager<'_>, sql: &str) -> Result<(), DbErr> {
+    use sea_orm_migration::sea_orm::{ConnectionTrait, DbBackend};
+    if m.get_database_backend() == DbBackend::Postgres {
+        m.get_connection().execute_unprepared(sql).await?;
+    }
+    Ok(())
+}
+
 /// All migrations in order.
 pub struct Migrator;
 

@@ -15,8 +15,8 @@
 //! this one keeps the function right on a connection that does not (a pooler that drops
 //! session settings, an operator's psql).
 
+use crate::on_postgres;
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::sea_orm::{ConnectionTrait, DbBackend};
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
@@ -26,24 +26,18 @@ const SIGNATURE: &str = "confab_store_batch(uuid[], uuid[], uuid[], text[], text
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
-        if m.get_database_backend() != DbBackend::Postgres {
-            return Ok(());
-        }
-        m.get_connection()
-            .execute_unprepared(&format!(
-                "ALTER FUNCTION {SIGNATURE} SET enable_seqscan = off"
-            ))
-            .await?;
-        Ok(())
+        on_postgres(
+            m,
+            &format!("ALTER FUNCTION {SIGNATURE} SET enable_seqscan = off"),
+        )
+        .await
     }
 
     async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
-        if m.get_database_backend() != DbBackend::Postgres {
-            return Ok(());
-        }
-        m.get_connection()
-            .execute_unprepared(&format!("ALTER FUNCTION {SIGNATURE} RESET enable_seqscan"))
-            .await?;
-        Ok(())
+        on_postgres(
+            m,
+            &format!("ALTER FUNCTION {SIGNATURE} RESET enable_seqscan"),
+        )
+        .await
     }
 }

@@ -19,8 +19,8 @@
 //!
 //! SQLite keeps its foreign key: it stores sends one by one and has no such cost to save.
 
+use crate::on_postgres;
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::sea_orm::{ConnectionTrait, DbBackend};
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
@@ -50,18 +50,10 @@ DROP FUNCTION IF EXISTS confab_delete_thread_messages();
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
-        if m.get_database_backend() != DbBackend::Postgres {
-            return Ok(());
-        }
-        m.get_connection().execute_unprepared(UP).await?;
-        Ok(())
+        on_postgres(m, UP).await
     }
 
     async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
-        if m.get_database_backend() != DbBackend::Postgres {
-            return Ok(());
-        }
-        m.get_connection().execute_unprepared(DOWN).await?;
-        Ok(())
+        on_postgres(m, DOWN).await
     }
 }
