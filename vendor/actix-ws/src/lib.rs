@@ -21,7 +21,7 @@ mod stream;
 
 pub use self::{
     aggregated::{AggregatedMessage, AggregatedMessageStream},
-    session::{Closed, Session},
+    session::{Closed, Session, TryText},
     stream::{MessageStream, StreamingBody},
 };
 

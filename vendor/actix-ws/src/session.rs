@@ -20,6 +20,15 @@ pub struct Session {
     closed: Arc<AtomicBool>,
 }
 
+/// Why [`Session::try_text`] did not queue its text (confab patch).
+#[derive(Debug)]
+pub enum TryText {
+    /// The channel is full; here is the text back, to send with [`Session::text`].
+    Full(ByteString),
+    /// The session is closed.
+    Closed,
+}
+
 /// The error representing a closed websocket session
 #[derive(Debug)]
 pub struct Closed;
@@ -63,6 +72,29 @@ impl Session {
         } else {
             Err(Closed)
         }
+    }
+
+    /// Queues text without waiting: what `text` does when the channel has room, and gives the
+    /// text back when it has none (then `text` waits for room).
+    ///
+    /// confab patch: a busy session delivers most frames to a connection that keeps up, and
+    /// awaiting `text` for each one cost a boxed future, a `select!` against the session's
+    /// close signal and a waker registration per frame.
+    pub fn try_text(&mut self, msg: ByteString) -> Result<(), TryText> {
+        self.pre_check();
+        let Some(inner) = self.inner.as_mut() else {
+            return Err(TryText::Closed);
+        };
+        inner.try_send(Message::Text(msg)).map_err(|e| {
+            if e.is_full() {
+                match e.into_inner() {
+                    Message::Text(text) => TryText::Full(text),
+                    _ => TryText::Closed,
+                }
+            } else {
+                TryText::Closed
+            }
+        })
     }
 
     /// Sends raw bytes into the WebSocket.

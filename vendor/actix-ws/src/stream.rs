@@ -24,7 +24,6 @@ use crate::AggregatedMessageStream;
 /// Response body for a WebSocket.
 pub struct StreamingBody {
     session_rx: Receiver<Message>,
-    messages: VecDeque<Message>,
     buf: BytesMut,
     codec: Codec,
     closing: bool,
@@ -34,13 +33,17 @@ impl StreamingBody {
     pub(super) fn new(session_rx: Receiver<Message>) -> Self {
         StreamingBody {
             session_rx,
-            messages: VecDeque::new(),
             buf: BytesMut::new(),
             codec: Codec::new(),
             closing: false,
         }
     }
 }
+
+/// confab patch: what a busy connection's outgoing frames are first encoded into (a few chat
+/// frames; more grow it as usual). It is handed on as the chunk the dispatcher copies, so it
+/// lives only until then.
+const ENCODE_BUFFER_HINT: usize = 2048;
 
 /// Stream of messages from a WebSocket client.
 pub struct MessageStream {
@@ -122,10 +125,19 @@ impl Stream for StreamingBody {
             return Poll::Ready(None);
         }
 
+        // confab patch: encode each message as it comes off the channel, into a buffer sized
+        // for a few frames at once. Upstream queued them in a `VecDeque` first and grew an
+        // empty buffer frame by frame: an allocation for the queue and reallocations of the
+        // buffer on every poll of a busy connection, and memory an idle one kept.
         loop {
             match Pin::new(&mut this.session_rx).poll_next(cx) {
                 Poll::Ready(Some(msg)) => {
-                    this.messages.push_back(msg);
+                    if this.buf.capacity() == 0 {
+                        this.buf.reserve(ENCODE_BUFFER_HINT);
+                    }
+                    if let Err(err) = this.codec.encode(msg, &mut this.buf) {
+                        return Poll::Ready(Some(Err(err.into())));
+                    }
                 }
                 Poll::Ready(None) => {
                     this.closing = true;
@@ -133,16 +145,6 @@ impl Stream for StreamingBody {
                 }
                 Poll::Pending => break,
             }
-        }
-
-        while let Some(msg) = this.messages.pop_front() {
-            if let Err(err) = this.codec.encode(msg, &mut this.buf) {
-                return Poll::Ready(Some(Err(err.into())));
-            }
-        }
-        // confab patch: give the drained queue's memory back (an idle WebSocket keeps none).
-        if this.messages.capacity() > 0 {
-            this.messages = VecDeque::new();
         }
 
         if !this.buf.is_empty() {
