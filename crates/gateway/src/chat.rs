@@ -23,11 +23,7 @@ mod rooms;
 /// Announce a stored message on its thread's channel: serialized here, once for every node.
 /// The send batcher calls it right after each commit ([`confab_persistence::OnStored`]).
 pub fn publish_stored(broker: &dyn Broker, keys: &Keys, msg: &Message) {
-    let frame = ServerFrame::Message(msg.clone()).to_json();
-    broker.publish(
-        keys.thread_channel(msg.thread_id),
-        Envelope::message(msg.seq, &frame),
-    );
+    broker.publish(keys.thread_channel(msg.thread_id), Envelope::message(msg));
 }
 
 /// Cheap to clone; shared by every session and route of a node.
@@ -77,12 +73,14 @@ impl Chat {
 
     /// Validate, store (ack-able only after commit), then publish a message.
     /// Returns the message and whether it was a retry of an already stored one.
+    /// Takes the strings by value: the batcher keeps them until the commit, so a session's
+    /// send hands over what it decoded instead of copying it.
     pub async fn send(
         &self,
         sender: UserId,
         thread: ThreadId,
-        client_msg_id: &str,
-        body: &str,
+        client_msg_id: String,
+        body: String,
     ) -> Result<(Message, bool)> {
         if client_msg_id.is_empty() || client_msg_id.chars().count() > self.limits.max_id_chars {
             return Err(Error::BadRequest(format!(
@@ -90,14 +88,18 @@ impl Chat {
                 self.limits.max_id_chars
             )));
         }
-        self.check_body(body)?;
+        self.check_body(&body)?;
         let started = Instant::now();
         let outcome = match &self.batcher {
             Some(b) => b.send(thread, sender, client_msg_id, body).await?,
+            // Boxed: the store's future is large, and inline it would size every session's
+            // pending send (which is boxed and moved into place) for this path too.
             None => {
-                self.store
-                    .send_message(thread, sender, client_msg_id, body)
-                    .await?
+                Box::pin(
+                    self.store
+                        .send_message(thread, sender, &client_msg_id, &body),
+                )
+                .await?
             }
         };
         self.metrics

@@ -2,11 +2,16 @@
 //!
 //! A thread-channel payload is a one-line header followed by the exact frame clients receive,
 //! so a receiving node forwards the bytes without re-serializing them:
-//! `m <seq> <published_micros>\n{frame}` for messages, `e <published_micros> <exclude|->\n{frame}`
-//! for other events.
+//! `m <seq> <published_micros> <sender>\n{frame}` for messages,
+//! `e <published_micros> <exclude|->\n{frame}` for other events.
+//!
+//! `<sender>` came later (older nodes publish `m <seq> <published_micros>` and ignore what
+//! follows it): a session holding its client's own echo behind a pending `ack` compares ids
+//! instead of searching every delivered frame for its user's id.
 
-use confab_protocol::{ThreadId, UserId};
+use confab_protocol::{Message, ServerFrame, ThreadId, UserId};
 use serde::{Deserialize, Serialize};
+use std::io::Write;
 
 /// A parsed thread-channel payload (borrowing the frame bytes).
 #[derive(Debug)]
@@ -17,6 +22,8 @@ pub struct Envelope<'a> {
     pub published_micros: Option<i64>,
     /// A user whose sessions must not get this event.
     pub exclude: Option<UserId>,
+    /// Who sent the message, for message frames (absent from older nodes' envelopes).
+    pub sender: Option<UserId>,
     /// The frame to forward.
     pub frame: &'a [u8],
 }
@@ -33,22 +40,29 @@ impl<'a> Envelope<'a> {
                 seq: Some(parts.next()?.parse().ok()?),
                 published_micros: parts.next().and_then(|p| p.parse().ok()),
                 exclude: None,
+                sender: parts.next().and_then(|p| p.parse().ok()),
                 frame,
             }),
             "e" => Some(Self {
                 seq: None,
                 published_micros: parts.next().and_then(|p| p.parse().ok()),
                 exclude: parts.next().and_then(|p| p.parse().ok()),
+                sender: None,
                 frame,
             }),
             _ => None,
         }
     }
 
-    /// Build a message payload.
-    pub fn message(seq: i64, frame: &str) -> bytes::Bytes {
+    /// Build a message payload: the header, then the `message` frame serialized straight
+    /// after it in the same buffer (one allocation, no copy of the body).
+    pub fn message(msg: &Message) -> bytes::Bytes {
         let now = chrono::Utc::now().timestamp_micros();
-        bytes::Bytes::from(format!("m {seq} {now}\n{frame}"))
+        let mut out = Vec::with_capacity(160 + msg.body.len() + msg.client_msg_id.len());
+        // Writing to a Vec cannot fail.
+        let _ = writeln!(out, "m {} {now} {}", msg.seq, msg.sender_id);
+        ServerFrame::write_message_json(msg, &mut out);
+        bytes::Bytes::from(out)
     }
 
     /// Build an event payload.
@@ -112,15 +126,46 @@ pub enum ControlEvent {
 mod tests {
     use super::*;
 
+    fn message() -> Message {
+        Message {
+            thread_id: ThreadId::new(),
+            id: confab_protocol::MessageId::new(),
+            seq: 42,
+            sender_id: UserId::new(),
+            client_msg_id: "c1".into(),
+            body: "hi \"there\"\n".into(),
+            created_at: chrono::Utc::now(),
+            deleted: false,
+            edited_at: None,
+            reactions: vec![],
+        }
+    }
+
     #[test]
     fn message_envelope_round_trips() {
-        let p = Envelope::message(42, "{\"type\":\"message\"}");
+        let msg = message();
+        let p = Envelope::message(&msg);
         let e = Envelope::parse(&p);
         assert!(matches!(e, Some(Envelope { seq: Some(42), .. })));
+        assert_eq!(e.as_ref().and_then(|e| e.sender), Some(msg.sender_id));
         assert_eq!(
             e.map(|e| e.frame.to_vec()),
-            Some(b"{\"type\":\"message\"}".to_vec())
+            Some(ServerFrame::Message(msg).to_json().into_bytes())
         );
+    }
+
+    #[test]
+    fn an_older_nodes_message_envelope_has_no_sender() {
+        let e = Envelope::parse(b"m 7 1700000000000000\n{}");
+        assert!(matches!(
+            e,
+            Some(Envelope {
+                seq: Some(7),
+                sender: None,
+                ..
+            })
+        ));
+        assert_eq!(e.map(|e| e.frame.to_vec()), Some(b"{}".to_vec()));
     }
 
     #[test]

@@ -39,6 +39,8 @@ pub enum Outbound {
         seq: i64,
         /// The serialized `message` frame.
         frame: ByteString,
+        /// Its sender, when the envelope named it (see [`crate::envelope`]).
+        sender: Option<UserId>,
     },
     /// Any other event of a thread (edits, reactions, typing, receipts).
     Thread {
@@ -138,8 +140,8 @@ struct ThreadSlot {
     sessions: Vec<SessionHandle>,
     /// Last `seq` handed to sessions; `None` until the head is known after subscribing.
     last: Option<i64>,
-    /// Messages that arrived ahead of `last + 1`, waiting for a repair.
-    pending: BTreeMap<i64, ByteString>,
+    /// Messages (frame, sender) that arrived ahead of `last + 1`, waiting for a repair.
+    pending: BTreeMap<i64, (ByteString, Option<UserId>)>,
     repairing: bool,
 }
 
@@ -439,10 +441,14 @@ impl Hub {
         };
         self.metrics.gap_repairs.with_label_values(&["node"]).inc();
         let fetched = self.store.messages_between(thread, after, before).await;
-        let frames: Vec<(i64, ByteString)> = match fetched {
+        let frames: Vec<(i64, (ByteString, Option<UserId>))> = match fetched {
             Ok(msgs) => msgs
                 .into_iter()
-                .map(|m| (m.seq, ByteString::from(ServerFrame::Message(m).to_json())))
+                .map(|m| {
+                    let (seq, sender) = (m.seq, Some(m.sender_id));
+                    let frame = ByteString::from(ServerFrame::Message(m).to_json());
+                    (seq, (frame, sender))
+                })
                 .collect(),
             Err(e) => {
                 tracing::warn!(%thread, error = %e, "gap repair failed; the sweep will retry");
@@ -470,8 +476,9 @@ impl Hub {
         }
     }
 
-    fn on_thread_event(&self, thread: ThreadId, env: Envelope<'_>) {
-        let frame = match ByteString::try_from(bytes::Bytes::copy_from_slice(env.frame)) {
+    /// `env` was parsed from `payload`; its frame is handed on as a slice of it, not a copy.
+    fn on_thread_event(&self, thread: ThreadId, env: Envelope<'_>, payload: &bytes::Bytes) {
+        let frame = match ByteString::try_from(payload.slice_ref(env.frame)) {
             Ok(f) => f,
             Err(_) => return,
         };
@@ -487,7 +494,7 @@ impl Hub {
                 return;
             };
             match env.seq {
-                Some(seq) => accept(thread, slot, seq, frame, self.max_pending),
+                Some(seq) => accept(thread, slot, seq, (frame, env.sender), self.max_pending),
                 None => {
                     for s in &slot.sessions {
                         s.push(Outbound::Thread {
@@ -617,7 +624,7 @@ impl Inbound for Hub {
             return;
         };
         match Envelope::parse(&payload) {
-            Some(env) => self.on_thread_event(thread, env),
+            Some(env) => self.on_thread_event(thread, env, &payload),
             None => tracing::warn!(%thread, "bad envelope"),
         }
     }
@@ -679,7 +686,7 @@ fn accept(
     thread: ThreadId,
     slot: &mut ThreadSlot,
     seq: i64,
-    frame: ByteString,
+    frame: (ByteString, Option<UserId>),
     max_pending: usize,
 ) -> Option<Repair> {
     match slot.last {
@@ -732,12 +739,18 @@ fn drain(thread: ThreadId, slot: &mut ThreadSlot) -> Option<Repair> {
     }
 }
 
-fn fanout(thread: ThreadId, slot: &ThreadSlot, seq: i64, frame: &ByteString) {
+fn fanout(
+    thread: ThreadId,
+    slot: &ThreadSlot,
+    seq: i64,
+    (frame, sender): &(ByteString, Option<UserId>),
+) {
     for s in &slot.sessions {
         s.push(Outbound::Seq {
             thread,
             seq,
             frame: frame.clone(),
+            sender: *sender,
         });
     }
 }

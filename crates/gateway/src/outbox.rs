@@ -77,6 +77,11 @@ impl Outbox {
         }
     }
 
+    /// The next item if one is queued, without waiting.
+    pub fn try_recv(&self) -> Option<Outbound> {
+        self.pop()
+    }
+
     fn pop(&self) -> Option<Outbound> {
         let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
         let out = q.pop_front();

@@ -122,15 +122,15 @@ impl SendBatcher {
         &self,
         thread: ThreadId,
         sender: UserId,
-        client_msg_id: &str,
-        body: &str,
+        client_msg_id: impl Into<String>,
+        body: impl Into<String>,
     ) -> Result<SendOutcome> {
         let (reply, rx) = oneshot::channel();
         let pending = Pending {
             thread,
             sender,
-            client_msg_id: client_msg_id.to_owned(),
-            body: body.to_owned(),
+            client_msg_id: client_msg_id.into(),
+            body: body.into(),
             reply,
         };
         // UUIDv7: the low half is random, so it spreads threads evenly.

@@ -394,6 +394,25 @@ impl ServerFrame {
         // so a failure would be a bug; an empty object keeps the connection alive regardless.
         serde_json::to_string(self).unwrap_or_else(|_| String::from("{}"))
     }
+
+    /// Append the JSON of `ServerFrame::Message(msg)` to `out` without cloning `msg`: the
+    /// node that stores a message serializes it once for every node, and the copy of its body
+    /// that building the frame would make is pure overhead there.
+    pub fn write_message_json(msg: &Message, out: &mut Vec<u8>) {
+        /// The `message` variant of [`ServerFrame`], borrowing: the same tag, the same fields
+        /// in the same order (a unit test compares the bytes).
+        #[derive(Serialize)]
+        #[serde(tag = "type", rename_all = "snake_case")]
+        enum Borrowed<'a> {
+            Message(&'a Message),
+        }
+        let mark = out.len();
+        if serde_json::to_writer(&mut *out, &Borrowed::Message(msg)).is_err() {
+            // As in `to_json`: cannot happen for these types; keep the output well-formed.
+            out.truncate(mark);
+            out.extend_from_slice(b"{}");
+        }
+    }
 }
 
 /// The reason a server closed a WebSocket, with its close code.
@@ -603,6 +622,39 @@ mod properties {
         #[test]
         fn any_text_decodes_or_errors_without_panicking(s in ".{0,300}") {
             let _ = serde_json::from_str::<ClientFrame>(&s);
+        }
+
+        #[test]
+        fn borrowed_message_json_is_the_frames_json(
+            (t, m, u) in (id(), id(), id()),
+            seq in any::<i64>(),
+            client_msg_id in ".{0,20}",
+            body in ".{0,200}",
+            micros in 0i64..4_000_000_000_000_000,
+            deleted in any::<bool>(),
+            edited in any::<bool>(),
+            reactions in prop::collection::vec((".{0,8}", any::<i64>(), any::<bool>()), 0..3),
+        ) {
+            let created_at = DateTime::<Utc>::from_timestamp_micros(micros).unwrap_or_default();
+            let msg = Message {
+                thread_id: ThreadId(t),
+                id: MessageId(m),
+                seq,
+                sender_id: UserId(u),
+                client_msg_id,
+                body,
+                created_at,
+                deleted,
+                edited_at: edited.then_some(created_at),
+                reactions: reactions
+                    .into_iter()
+                    .map(|(emoji, count, me)| ReactionCount { emoji, count, me })
+                    .collect(),
+            };
+            let mut out = b"prefix ".to_vec();
+            ServerFrame::write_message_json(&msg, &mut out);
+            let expected = format!("prefix {}", ServerFrame::Message(msg).to_json());
+            prop_assert_eq!(String::from_utf8(out).ok(), Some(expected));
         }
 
         #[test]

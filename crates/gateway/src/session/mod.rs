@@ -17,7 +17,7 @@ use crate::mailbox::{Mailbox, Port};
 use crate::outbox::Outbox;
 use crate::ratelimit::TokenBucket;
 use crate::state::AppState;
-use actix_ws::{CloseCode, Message as WsMessage, MessageStream, ProtocolError};
+use actix_ws::{CloseCode, Message as WsMessage, MessageStream, ProtocolError, TryText};
 use bytestring::ByteString;
 use confab_protocol::{CloseReason, ServerFrame, SessionId, ThreadId};
 use futures_util::StreamExt;
@@ -35,6 +35,10 @@ pub struct ConnectOptions {
 
 /// How long the close frame may wait for room in a stalled connection's buffers.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// How many queued deliveries a session writes in one turn of its loop before it looks at its
+/// other work (client frames, answers, the heartbeat) again.
+const DELIVERIES_PER_TURN: usize = 32;
 
 /// How long a session holding for `resume` waits before starting live delivery anyway.
 const RESUME_HOLD: Duration = Duration::from_secs(10);
@@ -205,19 +209,42 @@ impl Session {
             // the client's frames, pongs or the answers to its sends either.
             tokio::select! {
                 reason = shared.closed() => return End::Close(reason),
-                // The handlers of a delivery and of a committed send are boxed too: inline,
-                // every idle session's task would be sized for them (the loop's future went
-                // from 2,096 to 944 bytes, -Zprint-type-sizes); the price is one allocation
-                // per delivery and per send, small beside the socket write each makes.
+                // Most deliveries and answers go straight into the socket's channel without
+                // waiting (`try_deliver`, `try_finish_send`): no future at all. The rest (a
+                // full channel, a hole to fill, frames held behind a send) take the async
+                // handlers, boxed: inline, every idle session's task would be sized for them
+                // (the loop's future went from 2,096 to 944 bytes, -Zprint-type-sizes).
+                // What queued meanwhile follows in the same turn, up to a budget, before the
+                // other branches get their turn again.
                 out = outbox.recv(), if !self.holding => {
-                    if let Err(end) = Box::pin(self.route(out)).await {
-                        return end;
+                    let mut next = Some(out);
+                    let mut budget = DELIVERIES_PER_TURN;
+                    while let Some(out) = next.take() {
+                        match self.try_deliver(out) {
+                            Ok(None) => {}
+                            Ok(Some(out)) => {
+                                if let Err(end) = Box::pin(self.route(out)).await {
+                                    return end;
+                                }
+                            }
+                            Err(end) => return end,
+                        }
+                        budget -= 1;
+                        if budget > 0 {
+                            next = outbox.try_recv();
+                        }
                     }
                 }
                 reply = self.pipeline.next_reply(), if self.pipeline.len() > 0 => {
                     if let Some(reply) = reply {
-                        if let Err(end) = Box::pin(self.finish_send(reply)).await {
-                            return end;
+                        match self.try_finish_send(reply) {
+                            Ok(None) => {}
+                            Ok(Some(answer)) => {
+                                if let Err(end) = Box::pin(self.write_answer(answer)).await {
+                                    return end;
+                                }
+                            }
+                            Err(end) => return end,
                         }
                     }
                 }
@@ -321,7 +348,9 @@ impl Session {
     /// Write what the hub handed over, keeping each thread in order without holes.
     async fn deliver(&mut self, out: Outbound) -> Result<(), End> {
         match out {
-            Outbound::Seq { thread, seq, frame } => {
+            Outbound::Seq {
+                thread, seq, frame, ..
+            } => {
                 let Some(&cursor) = self.cursors.get(&thread) else {
                     return Ok(());
                 };
@@ -414,12 +443,84 @@ impl Session {
         code: confab_protocol::ErrorCode,
         message: &str,
     ) -> Result<(), End> {
+        let frame = self.error_frame(req, code, message);
+        self.reply(&frame).await
+    }
+
+    /// An error frame, counted as a refusal.
+    pub(crate) fn error_frame(
+        &self,
+        req: Option<String>,
+        code: confab_protocol::ErrorCode,
+        message: &str,
+    ) -> ServerFrame {
         self.state
             .metrics
             .refused
             .with_label_values(&[code.as_str()])
             .inc();
-        self.reply(&ServerFrame::error(req, code, message)).await
+        ServerFrame::error(req, code, message)
+    }
+
+    /// Queue a frame on the socket if its channel has room; gives the frame back if not (then
+    /// [`Session::write`] waits for room).
+    fn try_write(&mut self, frame: ByteString) -> Result<Option<ByteString>, End> {
+        match self.ws.try_text(frame) {
+            Ok(()) => {
+                self.state.metrics.frames_sent.inc();
+                Ok(None)
+            }
+            Err(TryText::Full(frame)) => Ok(Some(frame)),
+            Err(TryText::Closed) => Err(End::PeerGone),
+        }
+    }
+
+    /// The common case of [`Session::route`] without waiting: the thread's next message, not
+    /// held behind a send, to a socket whose channel has room (duplicates are dropped here
+    /// too). Anything else comes back, for `route`.
+    fn try_deliver(&mut self, out: Outbound) -> Result<Option<Outbound>, End> {
+        if self.pipeline.must_hold(&out) {
+            return Ok(Some(out));
+        }
+        let Outbound::Seq {
+            thread,
+            seq,
+            frame,
+            sender,
+        } = out
+        else {
+            return Ok(Some(out));
+        };
+        let Some(cursor) = self.cursors.get_mut(&thread) else {
+            return Ok(None);
+        };
+        if seq <= *cursor {
+            return Ok(None);
+        }
+        if seq > *cursor + 1 {
+            // A hole: `route` fills it from the database first.
+            return Ok(Some(Outbound::Seq {
+                thread,
+                seq,
+                frame,
+                sender,
+            }));
+        }
+        match self.ws.try_text(frame) {
+            Ok(()) => {
+                *cursor = seq;
+                self.state.metrics.frames_sent.inc();
+                self.state.metrics.deliveries.inc();
+                Ok(None)
+            }
+            Err(TryText::Full(frame)) => Ok(Some(Outbound::Seq {
+                thread,
+                seq,
+                frame,
+                sender,
+            })),
+            Err(TryText::Closed) => Err(End::PeerGone),
+        }
     }
 }
 

@@ -19,6 +19,7 @@
 use super::{End, Session};
 use crate::error::Error;
 use crate::hub::Outbound;
+use bytestring::ByteString;
 use confab_protocol::{CloseReason, ServerFrame, ThreadId};
 use futures_util::future::LocalBoxFuture;
 use futures_util::StreamExt;
@@ -28,11 +29,18 @@ use std::collections::{HashMap, VecDeque};
 pub(super) struct SendReply {
     thread: ThreadId,
     req: String,
-    result: Result<(ServerFrame, i64), Error>,
+    /// The stored message and whether it was a retry of an already stored one.
+    result: Result<(confab_protocol::Message, bool), Error>,
+}
+
+/// An answered send, its bookkeeping done: the reply to write and the `seq` it acknowledged.
+pub(super) struct Answer {
+    thread: ThreadId,
+    frame: ByteString,
+    acked: Option<i64>,
 }
 
 /// A session's pending sends and the frames held behind them.
-#[derive(Default)]
 pub(crate) struct Pipeline {
     /// Created by the first send and dropped when the last one is answered: an empty
     /// `FuturesOrdered` still holds ~150 bytes of shared state, which an idle session need not.
@@ -44,16 +52,33 @@ pub(crate) struct Pipeline {
     /// Per thread, frames held from the client's own echo on (in arrival order).
     held: HashMap<ThreadId, VecDeque<Outbound>>,
     held_total: usize,
-    /// `"sender_id":"<me>"`: how a message frame names this session's user.
-    own_marker: String,
+    /// This session's user: the sender of its own messages.
+    me: confab_protocol::UserId,
 }
 
 impl Pipeline {
     /// An empty pipeline for the sessions of `user`.
     pub(super) fn new(user: confab_protocol::UserId) -> Self {
         Self {
-            own_marker: format!("\"sender_id\":\"{user}\""),
-            ..Self::default()
+            pending: None,
+            to_thread: HashMap::new(),
+            acked: HashMap::new(),
+            held: HashMap::new(),
+            held_total: 0,
+            me: user,
+        }
+    }
+
+    /// Whether a `message` frame is this session's user's own. By the sender the envelope
+    /// named; an older node's envelope names none, so then by the frame's text.
+    fn is_own(
+        me: confab_protocol::UserId,
+        sender: Option<confab_protocol::UserId>,
+        frame: &str,
+    ) -> bool {
+        match sender {
+            Some(sender) => sender == me,
+            None => frame.contains(&format!("\"sender_id\":\"{me}\"")),
         }
     }
 
@@ -90,7 +115,7 @@ impl Pipeline {
     }
 
     /// Whether `out` must wait behind a pending send's `ack`.
-    fn must_hold(&self, out: &Outbound) -> bool {
+    pub(super) fn must_hold(&self, out: &Outbound) -> bool {
         let Some(thread) = Self::thread_of(out) else {
             return false;
         };
@@ -98,12 +123,22 @@ impl Pipeline {
             return true; // keep the thread in order behind what is already held
         }
         match out {
-            Outbound::Seq { seq, frame, .. } => {
+            Outbound::Seq {
+                seq, frame, sender, ..
+            } => {
                 self.to_thread.get(&thread).copied().unwrap_or(0) > 0
                     && *seq > self.acked.get(&thread).copied().unwrap_or(i64::MIN)
-                    && frame.contains(self.own_marker.as_str())
+                    && Self::is_own(self.me, *sender, frame)
             }
             _ => false,
+        }
+    }
+
+    /// Remember the highest `seq` acknowledged in `thread` (frames up to it are no longer held).
+    fn record_ack(&mut self, thread: ThreadId, seq: Option<i64>) {
+        if let Some(seq) = seq {
+            let acked = self.acked.entry(thread).or_insert(seq);
+            *acked = (*acked).max(seq);
         }
     }
 
@@ -111,11 +146,12 @@ impl Pipeline {
     fn releasable(&mut self, thread: ThreadId) -> Option<Outbound> {
         let open = self.to_thread.get(&thread).copied().unwrap_or(0) > 0;
         let acked = self.acked.get(&thread).copied().unwrap_or(i64::MIN);
+        let me = self.me;
         let q = self.held.get_mut(&thread)?;
         let free = match q.front()? {
-            Outbound::Seq { seq, frame, .. } => {
-                !open || *seq <= acked || !frame.contains(self.own_marker.as_str())
-            }
+            Outbound::Seq {
+                seq, frame, sender, ..
+            } => !open || *seq <= acked || !Self::is_own(me, *sender, frame),
             _ => true,
         };
         if !free {
@@ -154,21 +190,8 @@ impl Session {
         // Tracked so a drain waits for the commit and the ack.
         let token = self.state.tracker.token();
         self.pipeline.push(Box::pin(async move {
-            let stored = chat.send(me, thread_id, &client_msg_id, &body).await;
+            let result = chat.send(me, thread_id, client_msg_id, body).await;
             drop(token);
-            let result = stored.map(|(msg, duplicate)| {
-                let seq = msg.seq;
-                let ack = ServerFrame::Ack {
-                    req: req.clone(),
-                    thread_id,
-                    client_msg_id,
-                    id: msg.id,
-                    seq,
-                    created_at: msg.created_at,
-                    duplicate,
-                };
-                (ack, seq)
-            });
             SendReply {
                 thread: thread_id,
                 req,
@@ -179,6 +202,29 @@ impl Session {
 
     /// Write a send's reply, then whatever it was holding back.
     pub(super) async fn finish_send(&mut self, reply: SendReply) -> Result<(), End> {
+        let answer = self.settle(reply);
+        self.write_answer(answer).await
+    }
+
+    /// Answer a send without waiting when the socket's channel has room and the send held
+    /// nothing back (what `finish_send` would do then, minus its boxed future); otherwise
+    /// hand back what is left to do, for [`Session::write_answer`].
+    pub(super) fn try_finish_send(&mut self, reply: SendReply) -> Result<Option<Answer>, End> {
+        let answer = self.settle(reply);
+        if self.pipeline.held.contains_key(&answer.thread) {
+            return Ok(Some(answer));
+        }
+        match self.try_write(answer.frame)? {
+            Some(frame) => Ok(Some(Answer { frame, ..answer })),
+            None => {
+                self.pipeline.record_ack(answer.thread, answer.acked);
+                Ok(None)
+            }
+        }
+    }
+
+    /// The bookkeeping of an answered send, and its reply frame (an `ack`, or the error).
+    fn settle(&mut self, reply: SendReply) -> Answer {
         let thread = reply.thread;
         if let Some(n) = self.pipeline.to_thread.get_mut(&thread) {
             *n = n.saturating_sub(1);
@@ -186,17 +232,37 @@ impl Session {
                 self.pipeline.to_thread.remove(&thread);
             }
         }
-        match reply.result {
-            Ok((ack, seq)) => {
-                self.reply(&ack).await?;
-                let acked = self.pipeline.acked.entry(thread).or_insert(seq);
-                *acked = (*acked).max(seq);
+        let (frame, acked) = match reply.result {
+            Ok((msg, duplicate)) => {
+                let seq = msg.seq;
+                let ack = ServerFrame::Ack {
+                    req: reply.req,
+                    thread_id: thread,
+                    client_msg_id: msg.client_msg_id,
+                    id: msg.id,
+                    seq,
+                    created_at: msg.created_at,
+                    duplicate,
+                };
+                (ack, Some(seq))
             }
-            Err(e) => {
-                self.error(Some(reply.req), e.code(), &e.public_message())
-                    .await?;
-            }
+            Err(e) => (
+                self.error_frame(Some(reply.req), e.code(), &e.public_message()),
+                None,
+            ),
+        };
+        Answer {
+            thread,
+            frame: ByteString::from(frame.to_json()),
+            acked,
         }
+    }
+
+    /// Write a settled send's reply, then whatever it was holding back.
+    pub(super) async fn write_answer(&mut self, answer: Answer) -> Result<(), End> {
+        let thread = answer.thread;
+        self.write(answer.frame).await?;
+        self.pipeline.record_ack(thread, answer.acked);
         while let Some(out) = self.pipeline.releasable(thread) {
             self.deliver(out).await?;
         }
@@ -227,5 +293,29 @@ impl Session {
             self.pipeline.held_total += 1;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Pipeline;
+    use confab_protocol::UserId;
+
+    #[test]
+    fn own_messages_are_told_by_the_envelopes_sender_or_else_by_the_frame() {
+        let (me, other) = (UserId::new(), UserId::new());
+        let mine = format!("{{\"type\":\"message\",\"sender_id\":\"{me}\"}}");
+        let theirs = format!("{{\"type\":\"message\",\"sender_id\":\"{other}\"}}");
+        assert!(
+            Pipeline::is_own(me, Some(me), &theirs),
+            "the envelope decides"
+        );
+        assert!(
+            !Pipeline::is_own(me, Some(other), &mine),
+            "the envelope decides"
+        );
+        // An older node's envelope names no sender: the frame's text does.
+        assert!(Pipeline::is_own(me, None, &mine));
+        assert!(!Pipeline::is_own(me, None, &theirs));
     }
 }
