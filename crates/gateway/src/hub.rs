@@ -21,11 +21,11 @@ use crate::metrics::Metrics;
 use bytestring::ByteString;
 use confab_persistence::Store;
 use confab_protocol::{CloseReason, ServerFrame, SessionId, ThreadId, UserId};
+use futures_util::task::AtomicWaker;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
-use tokio::sync::Notify;
 
 /// What the hub hands a session. Frames are shared (`ByteString` clones are reference counts):
 /// a message is serialized once per node, not once per recipient.
@@ -68,9 +68,15 @@ pub enum Outbound {
 }
 
 /// State a session shares with whoever may need to close it.
+///
+/// Only the session's own task waits on it, so an `AtomicWaker` wakes it: its loop asks
+/// "closed?" on every turn, and with a `Notify` each turn took a lock to join the list of
+/// waiters and another to leave it.
 #[derive(Debug, Default)]
 pub struct SessionShared {
-    kill: Notify,
+    kill: AtomicWaker,
+    /// A close request not yet taken by a `closed()` (what `Notify::notify_one` kept as a permit).
+    signalled: AtomicBool,
     reason: AtomicU16,
 }
 
@@ -80,13 +86,31 @@ impl SessionShared {
         let _ = self
             .reason
             .compare_exchange(0, reason.code(), Ordering::AcqRel, Ordering::Acquire);
-        self.kill.notify_one();
+        self.signalled.store(true, Ordering::Release);
+        self.kill.wake();
     }
 
-    /// Resolves when someone asked the session to close.
+    /// Resolves when someone asked the session to close. Each request is taken once, by the
+    /// first `closed()` to see it (so the clean-up after the loop can still write its last
+    /// answers). For the session's own task only: a second task waiting on it could miss the
+    /// wake.
     pub async fn closed(&self) -> CloseReason {
-        self.kill.notified().await;
-        self.reason().unwrap_or(CloseReason::InternalError)
+        let taken = || {
+            self.signalled
+                .swap(false, Ordering::AcqRel)
+                .then(|| self.reason().unwrap_or(CloseReason::InternalError))
+        };
+        std::future::poll_fn(|cx| {
+            if let Some(reason) = taken() {
+                return std::task::Poll::Ready(reason);
+            }
+            self.kill.register(cx.waker());
+            match taken() {
+                Some(reason) => std::task::Poll::Ready(reason),
+                None => std::task::Poll::Pending,
+            }
+        })
+        .await
     }
 
     /// Ask the session to close as a slow consumer, counting it once in `slow_consumers`.

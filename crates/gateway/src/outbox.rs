@@ -11,12 +11,17 @@
 //!
 //! One consumer (the session task), any number of producers, bounded: a push beyond the bound
 //! is refused and the caller closes the session as a slow consumer.
+//!
+//! The consumer is woken through an `AtomicWaker`, not a `tokio::sync::Notify`: with one
+//! consumer there is no list of waiters to keep, and registering costs an atomic swap instead
+//! of a lock and a list insertion (then a removal) for every turn of the session's loop.
 
 use crate::hub::Outbound;
+use futures_util::task::AtomicWaker;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
-use tokio::sync::Notify;
+use std::task::Poll;
 
 /// Why a push was refused.
 #[derive(Debug, PartialEq, Eq)]
@@ -29,7 +34,7 @@ pub enum PushError {
 #[derive(Debug)]
 pub struct Outbox {
     queue: Mutex<VecDeque<Outbound>>,
-    ready: Notify,
+    ready: AtomicWaker,
     max: usize,
     /// Set when the session ended: pushes are then dropped (nobody will read them).
     closed: AtomicBool,
@@ -40,7 +45,7 @@ impl Outbox {
     pub fn new(max: usize) -> Self {
         Self {
             queue: Mutex::new(VecDeque::new()),
-            ready: Notify::new(),
+            ready: AtomicWaker::new(),
             max: max.max(1),
             closed: AtomicBool::new(false),
         }
@@ -58,10 +63,11 @@ impl Outbox {
         let was_empty = q.is_empty();
         q.push_back(out);
         drop(q);
-        // The consumer pops until empty before it waits, so only the push that finds the queue
-        // empty needs to wake it; a wake while it is busy is kept as a permit, never lost.
+        // The consumer registers, then looks at the queue once more before it sleeps, so only
+        // the push that finds the queue empty needs to wake it: a push after that look wakes
+        // the registered waker, a push before it is seen by the look.
         if was_empty {
-            self.ready.notify_one();
+            self.ready.wake();
         }
         Ok(())
     }
@@ -69,12 +75,17 @@ impl Outbox {
     /// The next item, waiting for one. Cancel-safe: an item is only taken in the poll that
     /// returns it, so dropping this future (a `select!` branch that lost) loses nothing.
     pub async fn recv(&self) -> Outbound {
-        loop {
+        std::future::poll_fn(|cx| {
             if let Some(out) = self.pop() {
-                return out;
+                return Poll::Ready(out);
             }
-            self.ready.notified().await;
-        }
+            self.ready.register(cx.waker());
+            match self.pop() {
+                Some(out) => Poll::Ready(out),
+                None => Poll::Pending,
+            }
+        })
+        .await
     }
 
     /// The next item if one is queued, without waiting.
