@@ -112,7 +112,7 @@ log "background load before the run: $background CPUs busy"
 if [ "$quick" = 1 ]; then
   WARM=1; DUR=3; RATES="1000 10000"; PROFILE_RATES="2000"; RAMP_STEPS=2; IDLE_N=2000; HIST_N=20000; STORE_DUR=3
 else
-  WARM=3; DUR=15; RATES="1000 2000 5000 10000"; PROFILE_RATES="2000 10000"; RAMP_STEPS=8; IDLE_N=19000; HIST_N=1000000; STORE_DUR=10
+  WARM=3; DUR=15; RATES="1000 2000 5000 10000"; PROFILE_RATES="2000 10000"; RAMP_STEPS=10; IDLE_N=19000; HIST_N=1000000; STORE_DUR=10
 fi
 
 # ---------- idle connections, first: node 0's heap is fresh (users are registered through
