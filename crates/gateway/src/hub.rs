@@ -22,7 +22,13 @@ use bytestring::ByteString;
 use confab_persistence::Store;
 use confab_protocol::{CloseReason, ServerFrame, SessionId, ThreadId, UserId};
 use futures_util::task::AtomicWaker;
-use std::collections::{BTreeMap, HashMap, HashSet};
+// foldhash, not SipHash, for the maps keyed by ids, here and in sessions: every delivery looks
+// its thread up in several of them (SipHash's functions were 0.8 % of gateway samples at 90k
+// deliveries/s; 0.3 % with this, the rest from maps elsewhere).
+// Their keys are ids the server made, or a session's own bounded few, so there is nothing a
+// client could flood them with; the seed is still random per process.
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;

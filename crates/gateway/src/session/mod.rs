@@ -20,8 +20,8 @@ use crate::state::AppState;
 use actix_ws::{CloseCode, Message as WsMessage, MessageStream, ProtocolError, TryText};
 use bytestring::ByteString;
 use confab_protocol::{CloseReason, ServerFrame, SessionId, ThreadId};
+use foldhash::{HashMap, HashMapExt};
 use futures_util::StreamExt;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

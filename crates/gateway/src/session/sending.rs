@@ -21,9 +21,10 @@ use crate::error::Error;
 use crate::hub::Outbound;
 use bytestring::ByteString;
 use confab_protocol::{CloseReason, ServerFrame, ThreadId};
+use foldhash::{HashMap, HashMapExt};
 use futures_util::future::LocalBoxFuture;
 use futures_util::StreamExt;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 /// The answer to one send, once its commit returned (or it was refused).
 pub(super) struct SendReply {
