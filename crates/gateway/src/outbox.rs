@@ -23,6 +23,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::task::Poll;
 
+/// What an empty queue allocates on its first push (it gives it back when it drains).
+const FIRST_CAPACITY: usize = 8;
+
 /// Why a push was refused.
 #[derive(Debug, PartialEq, Eq)]
 pub enum PushError {
@@ -61,6 +64,11 @@ impl Outbox {
             return Err(PushError::Full);
         }
         let was_empty = q.is_empty();
+        if q.capacity() == 0 {
+            // Room for a small burst at once: growing from the default of 4 one doubling at a
+            // time was a realloc per burst (0.7 % of gateway samples at 90k deliveries/s).
+            q.reserve(FIRST_CAPACITY);
+        }
         q.push_back(out);
         drop(q);
         // The consumer registers, then looks at the queue once more before it sleeps, so only
