@@ -223,6 +223,45 @@ both_backends!(
 );
 
 both_backends!(
+    a_send_flood_is_rate_limited_then_closed,
+    |b: Backend| async move {
+        // Sends are taken on a path of their own (no boxed handler); the frame budget, the
+        // strikes and the close must hold there as for any other frame.
+        let c = Cluster::start_with(b, 1, |s| {
+            s.limits.frames_per_sec = 1.0;
+            s.limits.frames_burst = 5.0;
+            s.limits.rate_limit_strikes = 20;
+        })
+        .await;
+        let (_alice, at) = c.user("alice").await;
+        let (bob, _bt) = c.user("bob").await;
+        let thread = c.http(0).create_thread(&at, &[&bob], None).await;
+        let mut ws = c.ws(0, &at).await;
+        let send = |i: usize| {
+            json!({"type":"send","req":format!("s{i}"),"thread_id":thread,
+                   "client_msg_id":format!("c{i}"),"body":"hi"})
+        };
+        for i in 0..5 {
+            ws.send_json(send(i)).await;
+            let r = ws.recv_until(|f| f["req"] == format!("s{i}")).await;
+            assert_eq!(r["type"], "ack", "send {i}: {r}");
+        }
+        ws.send_json(send(5)).await;
+        let r = ws.recv_until(|f| f["req"] == "s5").await;
+        assert_eq!(
+            (r["type"].as_str(), r["code"].as_str()),
+            (Some("error"), Some("rate_limited")),
+            "{r}"
+        );
+        for i in 6..46 {
+            ws.send_json(send(i)).await;
+        }
+        assert_eq!(ws.expect_close(Duration::from_secs(5)).await, Some(4002));
+        c.stop().await;
+    }
+);
+
+both_backends!(
     drain_finishes_in_flight_sends_then_closes_with_1012,
     |b: Backend| async move {
         let c = Cluster::start_with(b, 1, raise_limits).await;

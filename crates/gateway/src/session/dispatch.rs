@@ -3,6 +3,7 @@
 
 use super::{End, Session};
 use crate::error::Error;
+use actix_ws::Message as WsMessage;
 use confab_protocol::{ClientFrame, ErrorCode, ResumePoint, ResumeResult, ServerFrame};
 
 /// The `req` of a frame that failed to decode, if it has a readable one, so even a refusal can
@@ -19,6 +20,48 @@ pub(super) fn peek_req(text: &str) -> Option<String> {
 }
 
 impl Session {
+    /// Take a well-formed `send` that passes the frame-size, rate and `req` checks without
+    /// waiting (what `on_ws_message` would do with it, minus its boxed future); anything
+    /// else, including every frame that would be refused, comes back for `on_ws_message`.
+    pub(super) fn try_take_send(&mut self, msg: WsMessage) -> Option<WsMessage> {
+        /// Only the frame's type: a scan that allocates nothing, so a frame that is not a
+        /// `send` costs little before the full decode on the other path.
+        #[derive(serde::Deserialize)]
+        struct Kind<'a> {
+            #[serde(rename = "type", borrow)]
+            kind: &'a str,
+        }
+        let WsMessage::Text(text) = &msg else {
+            return Some(msg);
+        };
+        let limits = &self.state.settings.limits;
+        if text.len() > limits.max_frame_bytes
+            || !serde_json::from_str::<Kind<'_>>(text).is_ok_and(|k| k.kind == "send")
+        {
+            return Some(msg);
+        }
+        let Ok(ClientFrame::Send {
+            req,
+            thread_id,
+            client_msg_id,
+            body,
+        }) = serde_json::from_str::<ClientFrame>(text)
+        else {
+            return Some(msg);
+        };
+        if req.chars().count() > limits.max_id_chars || !self.frames.try_take() {
+            return Some(msg);
+        }
+        self.strikes = 0;
+        self.state
+            .metrics
+            .frames_received
+            .with_label_values(&["send"])
+            .inc();
+        self.start_send(req, thread_id, client_msg_id, body);
+        None
+    }
+
     pub(super) async fn on_frame(&mut self, text: &str) -> Result<(), End> {
         let frame: ClientFrame = match serde_json::from_str(text) {
             Ok(f) => f,

@@ -253,10 +253,15 @@ impl Session {
                     last_heard = Instant::now();
                     let result = match msg {
                         None => return End::PeerGone,
-                        // Boxed: the client-frame handlers (history, reads, reactions…) hold
+                        // A well-formed `send` (most of what a busy client sends) is taken
+                        // without waiting: `start_send` only queues it. Anything else is
+                        // boxed: the client-frame handlers (history, reads, reactions…) hold
                         // database futures; inline they would size every idle session's task
-                        // for the largest of them. One allocation per inbound frame instead.
-                        Some(Ok(m)) => Box::pin(self.on_ws_message(m)).await,
+                        // for the largest of them. One allocation per such frame instead.
+                        Some(Ok(m)) => match self.try_take_send(m) {
+                            None => Ok(()),
+                            Some(m) => Box::pin(self.on_ws_message(m)).await,
+                        },
                         Some(Err(e)) => Err(protocol_error_reason(&e)),
                     };
                     if let Err(end) = result {
