@@ -1,5 +1,6 @@
 //! Faults and hostile clients: slow consumers, storms, floods, bad bytes, drains, lost publishes.
 
+use confab_gateway::Settings;
 use confab_tests::{both_backends, raise_limits, Backend, Cluster, Ws};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -119,15 +120,17 @@ both_backends!(
     }
 );
 
+/// A frame budget of 5 at once, then 1 a second, and a close after 20 refusals in a row.
+fn five_frames_then_one_a_second(s: &mut Settings) {
+    s.limits.frames_per_sec = 1.0;
+    s.limits.frames_burst = 5.0;
+    s.limits.rate_limit_strikes = 20;
+}
+
 both_backends!(
     a_frame_flood_is_rate_limited_then_closed,
     |b: Backend| async move {
-        let c = Cluster::start_with(b, 1, |s| {
-            s.limits.frames_per_sec = 1.0;
-            s.limits.frames_burst = 5.0;
-            s.limits.rate_limit_strikes = 20;
-        })
-        .await;
+        let c = Cluster::start_with(b, 1, five_frames_then_one_a_second).await;
         let (_u, t) = c.user("flood").await;
         let mut ws = c.ws(0, &t).await;
         for i in 0..5 {
@@ -227,12 +230,7 @@ both_backends!(
     |b: Backend| async move {
         // Sends are taken on a path of their own (no boxed handler); the frame budget, the
         // strikes and the close must hold there as for any other frame.
-        let c = Cluster::start_with(b, 1, |s| {
-            s.limits.frames_per_sec = 1.0;
-            s.limits.frames_burst = 5.0;
-            s.limits.rate_limit_strikes = 20;
-        })
-        .await;
+        let c = Cluster::start_with(b, 1, five_frames_then_one_a_second).await;
         let (_alice, at) = c.user("alice").await;
         let (bob, _bt) = c.user("bob").await;
         let thread = c.http(0).create_thread(&at, &[&bob], None).await;
