@@ -496,36 +496,31 @@ impl Session {
         else {
             return Ok(Some(out));
         };
-        let Some(cursor) = self.cursors.get_mut(&thread) else {
+        let Some(&cursor) = self.cursors.get(&thread) else {
             return Ok(None);
         };
-        if seq <= *cursor {
+        if seq <= cursor {
             return Ok(None);
         }
-        if seq > *cursor + 1 {
-            // A hole: `route` fills it from the database first.
-            return Ok(Some(Outbound::Seq {
-                thread,
-                seq,
-                frame,
-                sender,
-            }));
-        }
-        match self.ws.try_text(frame) {
-            Ok(()) => {
-                *cursor = seq;
-                self.state.metrics.frames_sent.inc();
-                self.state.metrics.deliveries.inc();
-                Ok(None)
+        // A hole (`seq` beyond the next) goes to `route`, which fills it from the database.
+        let frame = if seq == cursor + 1 {
+            match self.try_write(frame)? {
+                None => {
+                    self.state.metrics.deliveries.inc();
+                    self.cursors.insert(thread, seq);
+                    return Ok(None);
+                }
+                Some(frame) => frame,
             }
-            Err(TryText::Full(frame)) => Ok(Some(Outbound::Seq {
-                thread,
-                seq,
-                frame,
-                sender,
-            })),
-            Err(TryText::Closed) => Err(End::PeerGone),
-        }
+        } else {
+            frame
+        };
+        Ok(Some(Outbound::Seq {
+            thread,
+            seq,
+            frame,
+            sender,
+        }))
     }
 }
 
