@@ -9,6 +9,7 @@ mod m0003_store_batch_function;
 mod m0004_one_index_for_seq_and_unread;
 mod m0005_store_batch_index_plans;
 mod m0006_message_thread_cascade_trigger;
+mod m0007_store_batch_lock_by_join;
 
 /// Run `sql` (one or more statements) when the database is Postgres; nothing on SQLite. For
 /// steps that only concern Postgres's own machinery (functions, triggers, planner settings).
@@ -33,6 +34,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0004_one_index_for_seq_and_unread::Migration),
             Box::new(m0005_store_batch_index_plans::Migration),
             Box::new(m0006_message_thread_cascade_trigger::Migration),
+            Box::new(m0007_store_batch_lock_by_join::Migration),
         ]
     }
 }

@@ -16,7 +16,7 @@ pub struct Migration;
 /// Returns `(stored_id, stored_seq)` for every message it stored. Messages it did not store (a
 /// sender who is not a member, a `(sender, client_msg_id)` already stored) are simply absent:
 /// the caller settles those one by one, which classifies them exactly.
-const CREATE: &str = r#"
+pub(crate) const CREATE: &str = r#"
 CREATE OR REPLACE FUNCTION confab_store_batch(
     p_ids uuid[], p_threads uuid[], p_senders uuid[], p_client_msg_ids text[], p_bodies text[],
     p_at timestamptz)

@@ -657,18 +657,17 @@ async fn sends_and_reads_find_rows_by_index_only() {
     assert_index_only(&before, &after);
 }
 
-/// The batch store function reads its tables by index also on a connection that asks for
-/// sequential scans (a pooler that drops the store's connection setup, a tool's own session):
-/// migration m0005 sets it on the function itself. Counted over enough calls that PL/pgSQL runs
-/// both its custom plans and a cached generic one, in a transaction that turns sequential scans
-/// back on for the session.
-#[tokio::test(flavor = "current_thread")]
-async fn the_batch_store_function_reads_its_tables_by_index_only() {
+/// One direct call of the batch store function (migrations m0003, m0007) on `conn`: one send
+/// to `thread` from each of `senders`, client ids `{tag}-{k}`. Returns `(id, seq)` of what it
+/// stored.
+async fn call_store_batch(
+    conn: &impl sea_orm::ConnectionTrait,
+    thread: confab_protocol::ThreadId,
+    senders: &[confab_protocol::UserId],
+    tag: &str,
+) -> Vec<(uuid::Uuid, i64)> {
     use sea_orm::sea_query::ArrayType;
-    use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait, Value};
-
-    let (store, members, thread) = small_analyzed_store(1).await;
-    let before = flushed_scans(&store).await;
+    use sea_orm::{DbBackend, Statement, Value};
     let uuids = |v: Vec<uuid::Uuid>| {
         Value::Array(
             ArrayType::Uuid,
@@ -681,6 +680,44 @@ async fn the_batch_store_function_reads_its_tables_by_index_only() {
             Some(Box::new(v.into_iter().map(Value::from).collect())),
         )
     };
+    let n = senders.len();
+    let rows = conn
+        .query_all(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT stored_id, stored_seq FROM confab_store_batch($1, $2, $3, $4, $5, $6)",
+            [
+                uuids((0..n).map(|_| uuid::Uuid::now_v7()).collect()),
+                uuids(vec![thread.0; n]),
+                uuids(senders.iter().map(|m| m.0).collect()),
+                texts((0..n).map(|k| format!("{tag}-{k}")).collect()),
+                texts(vec!["hello".to_owned(); n]),
+                chrono::Utc::now().into(),
+            ],
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{tag}: {e}"));
+    rows.iter()
+        .map(|r| {
+            let id: uuid::Uuid = r.try_get("", "stored_id").unwrap_or_else(|e| panic!("{e}"));
+            let seq: i64 = r
+                .try_get("", "stored_seq")
+                .unwrap_or_else(|e| panic!("{e}"));
+            (id, seq)
+        })
+        .collect()
+}
+
+/// The batch store function reads its tables by index also on a connection that asks for
+/// sequential scans (a pooler that drops the store's connection setup, a tool's own session):
+/// migration m0005 sets it on the function itself (m0007 keeps it). Counted over enough calls that PL/pgSQL runs
+/// both its custom plans and a cached generic one, in a transaction that turns sequential scans
+/// back on for the session.
+#[tokio::test(flavor = "current_thread")]
+async fn the_batch_store_function_reads_its_tables_by_index_only() {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+
+    let (store, members, thread) = small_analyzed_store(1).await;
+    let before = flushed_scans(&store).await;
     let txn = store
         .connection()
         .begin()
@@ -690,26 +727,77 @@ async fn the_batch_store_function_reads_its_tables_by_index_only() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     for round in 0..12 {
-        let rows = txn
-            .query_all(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                "SELECT stored_id, stored_seq FROM confab_store_batch($1, $2, $3, $4, $5, $6)",
-                [
-                    uuids((0..4).map(|_| uuid::Uuid::now_v7()).collect()),
-                    uuids(vec![thread.0; 4]),
-                    uuids(members.iter().map(|m| m.0).collect()),
-                    texts((0..4).map(|k| format!("r{round}-{k}")).collect()),
-                    texts(vec!["hello".to_owned(); 4]),
-                    chrono::Utc::now().into(),
-                ],
-            ))
-            .await
-            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        let rows = call_store_batch(&txn, thread, &members, &format!("r{round}")).await;
         assert_eq!(rows.len(), 4, "round {round}: every send stored");
     }
     txn.rollback().await.unwrap_or_else(|e| panic!("{e}"));
     let after = flushed_scans(&store).await;
     assert_index_only(&before, &after);
+}
+
+/// A batch that finds its thread locked by another batch waits, and stores after it, numbered
+/// after the other's messages: the lock statement (a join on the batch's distinct thread ids,
+/// migration m0007) rechecks the row the other batch updated, and the numbering reads the
+/// `last_seq` the other committed. The batch names its thread once per send, as a real batch
+/// does, so the join's `DISTINCT` is exercised too.
+#[tokio::test(flavor = "current_thread")]
+async fn a_batch_that_waits_for_its_threads_numbers_after_the_holder() {
+    use sea_orm::TransactionTrait;
+
+    let (store, members, thread) = small_analyzed_store(3).await;
+    let holder = store
+        .connection()
+        .begin()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let first = call_store_batch(&holder, thread, &members[..2], "first").await;
+    assert_eq!(first.iter().map(|r| r.1).collect::<Vec<_>>(), [1, 2]);
+
+    let waiter = {
+        let store = store.clone();
+        let senders = members[1..].to_vec();
+        tokio::spawn(async move {
+            call_store_batch(store.connection(), thread, &senders, "second").await
+        })
+    };
+    // Commit only once the second batch is waiting for the thread's row lock.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let waiting = raw(
+            &store,
+            "SELECT count(*)::bigint AS n FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .await;
+        let n: i64 = waiting[0]
+            .try_get("", "n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        if n == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second batch never waited"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    holder.commit().await.unwrap_or_else(|e| panic!("{e}"));
+
+    let second = waiter.await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(second.iter().map(|r| r.1).collect::<Vec<_>>(), [3, 4, 5]);
+    let seqs = raw(
+        &store,
+        &format!(
+            "SELECT seq FROM messages WHERE thread_id = '{}' ORDER BY seq",
+            thread.0
+        ),
+    )
+    .await;
+    let seqs: Vec<i64> = seqs
+        .iter()
+        .map(|r| r.try_get("", "seq").unwrap_or_else(|e| panic!("{e}")))
+        .collect();
+    assert_eq!(seqs, [1, 2, 3, 4, 5]);
 }
 
 /// `messages.thread_id` has no foreign key on Postgres (migration m0006: its check cost a query
