@@ -10,6 +10,7 @@ mod m0004_one_index_for_seq_and_unread;
 mod m0005_store_batch_index_plans;
 mod m0006_message_thread_cascade_trigger;
 mod m0007_store_batch_lock_by_join;
+mod m0008_thread_bump_in_place;
 
 /// Run `sql` (one or more statements) when the database is Postgres; nothing on SQLite. For
 /// steps that only concern Postgres's own machinery (functions, triggers, planner settings).
@@ -35,6 +36,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0005_store_batch_index_plans::Migration),
             Box::new(m0006_message_thread_cascade_trigger::Migration),
             Box::new(m0007_store_batch_lock_by_join::Migration),
+            Box::new(m0008_thread_bump_in_place::Migration),
         ]
     }
 }

@@ -23,9 +23,10 @@ const PING_IF_IDLE_FOR: Duration = Duration::from_secs(2);
 /// every send updates (`threads`, `thread_members`) are small, so the planner picks a
 /// sequential scan for them — and Postgres keeps that plan (a prepared statement's generic plan,
 /// a PL/pgSQL plan, a foreign-key check's plan) for the life of the connection. A thread's row
-/// is rewritten with every send (its `last_activity_at` is indexed, so the update cannot be
-/// HOT), so the table fills with dead row versions faster than autovacuum clears them, and each
-/// cached sequential scan reads all of them, until the next `ANALYZE` replans. Measured with
+/// is rewritten with every send (before migration m0008 its `last_activity_at` was indexed, so
+/// the update could not be HOT), so the table fills with dead row versions faster than
+/// autovacuum clears them, and each cached sequential scan reads all of them, until the next
+/// `ANALYZE` replans. Measured with
 /// pgbench, one client, synchronous_commit off, on a database analyzed while small: the
 /// lone-send statement 0.26 ms per send on average over 30 s (0.24 at first, 0.29 by the end)
 /// against 0.18 ms flat with this setting; the batch store function (46 sends per call, see

@@ -582,6 +582,22 @@ fn assert_index_only(before: &[(String, i64, i64)], after: &[(String, i64, i64)]
     }
 }
 
+/// `(updates, HOT updates)` of `threads` so far, flushed as [`flushed_scans`] does.
+async fn thread_updates(store: &confab_persistence::Store) -> (i64, i64) {
+    raw(store, "SELECT pg_stat_force_next_flush()").await;
+    let rows = raw(
+        store,
+        "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'threads'",
+    )
+    .await;
+    let get = |c: &str| -> i64 {
+        rows[0]
+            .try_get("", c)
+            .unwrap_or_else(|e| panic!("{c}: {e}"))
+    };
+    (get("n_tup_upd"), get("n_tup_hot_upd"))
+}
+
 const SCANS: &str = "SELECT relname::text AS t, seq_scan, idx_scan FROM pg_stat_user_tables \
      WHERE relname IN ('messages', 'threads', 'thread_members') ORDER BY relname";
 
@@ -610,13 +626,15 @@ async fn small_analyzed_store(
 /// PL/pgSQL, foreign-key checks), and a sequential scan planned while `threads` was small reads
 /// every dead version its per-send updates leave behind, more with every send (the store's
 /// connection setup and migration m0005). Counted by Postgres itself on a pool of one
-/// connection: without the setting this counts sequential scans of all three tables.
+/// connection: without the setting this counts sequential scans of all three tables. And each
+/// send's bump of its thread is a HOT update, which adds no index entry (migration m0008).
 #[tokio::test(flavor = "current_thread")]
 async fn sends_and_reads_find_rows_by_index_only() {
     use confab_persistence::SendOutcome;
 
     let (store, members, thread) = small_analyzed_store(1).await;
     let before = flushed_scans(&store).await;
+    let bumps_before = thread_updates(&store).await;
 
     // Lone sends (one statement each).
     for (k, &m) in members.iter().enumerate() {
@@ -648,6 +666,11 @@ async fn sends_and_reads_find_rows_by_index_only() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(list.len(), 1);
+    let (rooms, _) = store
+        .public_rooms(members[0], None, 20)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(rooms.is_empty(), "{rooms:?}");
     store
         .mark_read(thread, members[3], 8)
         .await
@@ -655,6 +678,15 @@ async fn sends_and_reads_find_rows_by_index_only() {
 
     let after = flushed_scans(&store).await;
     assert_index_only(&before, &after);
+    // Every send bumped its thread in place (migration m0008: no index covers what a send
+    // changes), the lone sends and the batch alike.
+    let (updated, hot) = thread_updates(&store).await;
+    let (updated, hot) = (updated - bumps_before.0, hot - bumps_before.1);
+    assert!(
+        updated >= 5,
+        "one bump per lone send and one per batch: {updated}"
+    );
+    assert_eq!(hot, updated, "thread bumps that were not HOT updates");
 }
 
 /// One direct call of the batch store function (migrations m0003, m0007) on `conn`: one send
