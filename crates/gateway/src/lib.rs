@@ -13,6 +13,7 @@ pub mod envelope;
 pub mod error;
 pub mod hub;
 pub mod keys;
+pub mod listener;
 pub mod lookups;
 pub mod mailbox;
 pub mod metrics;

@@ -17,7 +17,6 @@ use actix_web::{web, App, HttpServer};
 use confab_persistence::{BatchHooks, OnBatch, OnStored, SendBatcher, Store, StoreOptions};
 use confab_protocol::CloseReason;
 use secrecy::ExposeSecret;
-use std::net::TcpListener;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -176,8 +175,12 @@ impl Application {
             .await
             .map_err(|e| startup_err("initializing presence", e))?;
 
-        let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
-            .map_err(|e| startup_err("binding the listener", e))?;
+        let listener = crate::listener::bind_listener(
+            &settings.server.host,
+            settings.server.port,
+            settings.server.backlog,
+        )
+        .map_err(|e| startup_err("binding the listener", e))?;
         let port = listener
             .local_addr()
             .map_err(|e| startup_err("reading the bound address", e))?
@@ -227,7 +230,6 @@ impl Application {
             }
         })
         .workers(workers)
-        .backlog(settings.server.backlog)
         .max_connections(settings.server.max_connections_per_worker)
         .disable_signals()
         .shutdown_timeout(settings.shutdown.drain_timeout_secs)
