@@ -29,13 +29,13 @@ mod tests {
     fn connects_beyond_128_wait_in_the_configured_backlog() -> std::io::Result<()> {
         let listener = bind_listener("127.0.0.1", 0, 512)?;
         let addr = listener.local_addr()?;
+        // Held open, so each one keeps its place in the queue.
         let mut clients = Vec::new();
         for i in 0..300 {
             let c = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
                 .map_err(|e| std::io::Error::other(format!("connect {i}: {e}")))?;
             clients.push(c);
         }
-        assert_eq!(clients.len(), 300);
         Ok(())
     }
 }

@@ -741,9 +741,9 @@ async fn call_store_batch(
 
 /// The batch store function reads its tables by index also on a connection that asks for
 /// sequential scans (a pooler that drops the store's connection setup, a tool's own session):
-/// migration m0005 sets it on the function itself (m0007 keeps it). Counted over enough calls that PL/pgSQL runs
-/// both its custom plans and a cached generic one, in a transaction that turns sequential scans
-/// back on for the session.
+/// migration m0005 sets it on the function itself (m0007 keeps it). Counted over enough calls
+/// that PL/pgSQL runs both its custom plans and a cached generic one, in a transaction that
+/// turns sequential scans back on for the session.
 #[tokio::test(flavor = "current_thread")]
 async fn the_batch_store_function_reads_its_tables_by_index_only() {
     use sea_orm::{ConnectionTrait, TransactionTrait};
