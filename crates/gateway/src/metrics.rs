@@ -17,7 +17,7 @@ pub struct Metrics {
     pub connections_open: IntGauge,
     /// WebSocket sessions ever opened.
     pub sessions_opened: IntCounter,
-    /// WebSocket upgrades refused by admission control.
+    /// WebSocket upgrades refused: admission control, or a session that could not start.
     pub connects_refused: IntCounter,
     /// Client frames received, by frame type.
     pub frames_received: IntCounterVec,
@@ -90,7 +90,7 @@ impl Metrics {
             )),
             connects_refused: must(IntCounter::new(
                 "confab_connects_refused_total",
-                "WebSocket upgrades refused by admission control",
+                "WebSocket upgrades refused: admission control, or a session that could not start",
             )),
             frames_received: must(IntCounterVec::new(
                 Opts::new(

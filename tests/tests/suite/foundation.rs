@@ -545,3 +545,53 @@ both_backends!(
         c.stop().await;
     }
 );
+
+both_backends!(
+    the_hello_leaves_in_the_same_write_as_the_upgrade_answer,
+    |b: Backend| async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let c = Cluster::start(b, 1).await;
+        let (user, token) = c.user("greeted").await;
+        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", c.node(0).port))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let request = format!(
+            "GET /ws?token={token} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\n\
+             Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        );
+        tcp.write_all(request.as_bytes())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        // One read: whatever the node wrote first. The session starts before the upgrade is
+        // answered, so the hello is already queued behind the 101 and both go in one write
+        // (one segment on loopback), instead of the hello following once the start is done.
+        let mut buf = vec![0u8; 16 * 1024];
+        let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no answer"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let got = &buf[..n];
+        let text = String::from_utf8_lossy(got);
+        assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+        let end = text
+            .find("\r\n\r\n")
+            .unwrap_or_else(|| panic!("no end of head: {text}"))
+            + 4;
+        let frame = &got[end..];
+        // An unmasked, final text frame (0x81) whose payload is the hello.
+        assert!(frame.len() > 4, "the first read held only the head: {text}");
+        assert_eq!(frame[0], 0x81, "{frame:?}");
+        let (len, at) = match frame[1] & 0x7f {
+            126 => (usize::from(u16::from_be_bytes([frame[2], frame[3]])), 4),
+            127 => panic!("a hello over 64 KiB"),
+            short => (usize::from(short), 2),
+        };
+        assert_eq!(frame.len(), at + len, "exactly one frame: {frame:?}");
+        let hello: Value =
+            serde_json::from_slice(&frame[at..]).unwrap_or_else(|e| panic!("{e}: {frame:?}"));
+        assert_eq!(hello["type"], "hello", "{hello}");
+        assert_eq!(hello["user"]["id"], json!(user.id), "{hello}");
+        c.stop().await;
+    }
+);

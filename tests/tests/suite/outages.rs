@@ -1,5 +1,5 @@
-//! Dependency outages: Redis down or silently stalled. Private Redis instances only — the shared
-//! servers are never touched.
+//! Dependency outages: Redis down or silently stalled, Postgres unable to answer a session's
+//! start. Private Redis instances only — the shared servers are never touched.
 
 use confab_tests::process::PrivateRedis;
 use confab_tests::proxy::Proxy;
@@ -110,5 +110,63 @@ async fn a_silently_stalled_subscription_is_detected_and_repaired() {
     a.send_msg(thread, "s3", "after").await;
     let f = b.recv_until(|f| f["type"] == "message").await;
     assert_eq!(f["seq"], 3);
+    c.stop().await;
+}
+
+/// A node that cannot read a user's threads refuses the WebSocket before upgrading it — 503
+/// `unavailable` with `Retry-After`, like every other refusal of `/ws` — and keeps no trace of
+/// the session; once the database answers again the same token connects and gets its hello.
+/// (The database is made unable to answer by a lock on `thread_members` held by this test, with
+/// the node's statements limited to 1.5 s.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_cannot_start_is_refused_before_the_upgrade() {
+    use sea_orm::{ConnectionTrait, Database, TransactionTrait};
+    let c = Cluster::start_with(Backend::Cluster, 1, |s| {
+        let url = format!(
+            "{}?options[statement_timeout]=1500",
+            secrecy::ExposeSecret::expose_secret(&s.database.url)
+        );
+        s.database.url = SecretString::from(url);
+    })
+    .await;
+    let (_u, token) = c.user("blocked").await;
+    let db_url = c.db_url.clone().unwrap_or_default();
+    let db = Database::connect(db_url.as_str())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let tx = db.begin().await.unwrap_or_else(|e| panic!("{e}"));
+    tx.execute_unprepared("LOCK TABLE thread_members IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    let resp = reqwest::Client::new()
+        .get(format!("{}/ws?token={token}", c.node(0).http_base()))
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(resp.status().as_u16(), 503, "not upgraded");
+    let retry: u64 = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(retry >= 1, "Retry-After must be set");
+    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+    assert_eq!(body["code"], "unavailable", "{body}");
+    let m = &c.node(0).state.metrics;
+    assert_eq!(m.connects_refused.get(), 1);
+    assert_eq!(m.connections_open.get(), 0, "the session left nothing open");
+    assert_eq!(c.node(0).state.hub.session_count(), 0, "nor in the hub");
+
+    tx.rollback().await.unwrap_or_else(|e| panic!("{e}"));
+    let ws = c.ws(0, &token).await; // reads the hello
+    assert!(ws.hello["session_id"].is_string(), "{}", ws.hello);
+    assert_eq!(m.connections_open.get(), 1);
+    ws.close().await;
     c.stop().await;
 }

@@ -71,8 +71,18 @@ pub async fn upgrade(
         hold_for_resume: matches!(q.resume.as_deref(), Some("1" | "true")),
     };
     let state = state.into_inner();
-    actix_web::rt::spawn(session::run(state, auth, ws, stream, opts));
-    Ok(response)
+    match session::open(state, auth, ws, opts).await {
+        Ok(opened) => {
+            actix_web::rt::spawn(opened.run(stream));
+            Ok(response)
+        }
+        Err(reason) => Ok(HttpResponse::ServiceUnavailable()
+            .insert_header(("Retry-After", "1"))
+            .json(
+                Error::Unavailable(format!("cannot start a session: {}", reason.description()))
+                    .body(),
+            )),
+    }
 }
 
 /// `Sec-WebSocket-Protocol: confab.v1` also selects a version.

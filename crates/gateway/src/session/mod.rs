@@ -63,16 +63,32 @@ pub(crate) struct Session {
 pub(crate) enum End {
     Close(CloseReason),
     PeerGone,
+    /// The start failed before the upgrade was answered: the client gets an HTTP refusal.
+    Refused,
 }
 
-/// Run a session to completion. Spawned on the actix worker that accepted the upgrade.
-pub async fn run(
+/// A session that has started — registered with the hub, joined to its user's threads,
+/// announced, its hello queued — and waits for [`Opened::run`] to run its loop.
+pub struct Opened {
+    session: Session,
+    outbox: Arc<Outbox>,
+}
+
+/// Start a session while the upgrade is still unanswered. Called by the upgrade handler, on the
+/// actix worker that accepted the connection (where the session then runs).
+///
+/// Why before the answer: the hello is then queued when the `101` response is written, and both
+/// leave in one write — a connect costs the node one send and the client one wake-up fewer,
+/// most of what a connect costs the client beyond the TCP handshake. And a node that cannot
+/// start a session (its database or Redis unreachable) refuses it the way every other refusal
+/// of `/ws` is made — an HTTP status with a JSON body — instead of upgrading only to close.
+/// On failure everything the start did is undone and the reason returned.
+pub async fn open(
     state: Arc<AppState>,
     auth: AuthUser,
     ws: actix_ws::Session,
-    stream: MessageStream,
     opts: ConnectOptions,
-) {
+) -> Result<Opened, CloseReason> {
     let id = SessionId::new();
     let settings = state.settings.clone();
     let outbox = Arc::new(Outbox::new(settings.session.outbound_queue));
@@ -102,7 +118,7 @@ pub async fn run(
         cursors: HashMap::new(),
         holding: opts.hold_for_resume,
         pipeline: sending::Pipeline::new(auth_user),
-        shared: shared.clone(),
+        shared,
         frames: TokenBucket::new(settings.limits.frames_per_sec, settings.limits.frames_burst),
         strikes: 0,
     };
@@ -110,13 +126,29 @@ pub async fn run(
     // idle session's task is sized by the largest state it can be in, and these hold database
     // and Redis futures (measured with size_of_val: the task went from 11,960 to 5,072 bytes;
     // with the loop's handlers boxed too, `run`'s future is 1,824 bytes, -Zprint-type-sizes).
-    let end = match Box::pin(session.start()).await {
-        Ok(()) => session.run_loop(&outbox, stream).await,
-        Err(reason) => End::Close(reason),
-    };
-    // Whatever the hub still hands over is for nobody now.
-    outbox.close();
-    Box::pin(finish(session, state, end)).await;
+    match Box::pin(session.start()).await {
+        Ok(()) => Ok(Opened { session, outbox }),
+        Err(reason) => {
+            outbox.close();
+            Box::pin(finish(session, state, End::Refused)).await;
+            Err(reason)
+        }
+    }
+}
+
+impl Opened {
+    /// Run the session to completion: spawned once the upgrade's answer is on its way.
+    pub async fn run(self, stream: MessageStream) {
+        let Opened {
+            mut session,
+            outbox,
+        } = self;
+        let end = session.run_loop(&outbox, stream).await;
+        // Whatever the hub still hands over is for nobody now.
+        outbox.close();
+        let state = session.state.clone();
+        Box::pin(finish(session, state, end)).await;
+    }
 }
 
 /// Clean-up after the loop, exactly once.
@@ -135,6 +167,11 @@ async fn finish(mut session: Session, state: Arc<AppState>, end: End) {
     let code = match &end {
         End::Close(r) => r.code(),
         End::PeerGone => 1006,
+        End::Refused => {
+            // Never upgraded: a refused connect, not a disconnect.
+            state.metrics.connects_refused.inc();
+            return;
+        }
     };
     state
         .metrics
