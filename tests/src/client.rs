@@ -11,6 +11,29 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 /// The default wait for anything expected to happen.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// Ask `http_base` (`http://127.0.0.1:port`) to upgrade to a WebSocket with `token` over plain
+/// HTTP, for a test that expects the node to refuse before upgrading: the status, the
+/// `Retry-After` seconds (0 when absent) and the JSON body.
+pub async fn refused_upgrade(http_base: &str, token: &str) -> (u16, u64, Value) {
+    let resp = reqwest::Client::new()
+        .get(format!("{http_base}/ws?token={token}"))
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let status = resp.status().as_u16();
+    let retry = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    (status, retry, resp.json().await.unwrap_or_default())
+}
+
 /// An HTTP client bound to one node.
 #[derive(Clone)]
 pub struct Http {

@@ -1,9 +1,9 @@
 //! Faults and hostile clients: slow consumers, storms, floods, bad bytes, drains, lost publishes.
 
 use confab_gateway::Settings;
-use confab_tests::{both_backends, raise_limits, Backend, Cluster, Ws};
+use confab_tests::{both_backends, raise_limits, refused_upgrade, Backend, Cluster, Ws};
 use futures_util::{SinkExt, StreamExt};
-use serde_json::{json, Value};
+use serde_json::json;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
@@ -96,24 +96,9 @@ both_backends!(
         let (_u, t) = c.user("storm").await;
         let _a = c.ws(0, &t).await;
         let _b = c.ws(0, &t).await;
-        let resp = reqwest::Client::new()
-            .get(format!("{}/ws?token={t}", c.node(0).http_base()))
-            .header("connection", "upgrade")
-            .header("upgrade", "websocket")
-            .header("sec-websocket-version", "13")
-            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(resp.status().as_u16(), 503);
-        let retry: u64 = resp
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
+        let (status, retry, body) = refused_upgrade(&c.node(0).http_base(), &t).await;
+        assert_eq!(status, 503, "{body}");
         assert!(retry >= 1, "Retry-After must be set");
-        let body: Value = resp.json().await.unwrap_or_default();
         assert_eq!(body["code"], "unavailable");
         assert_eq!(c.node(0).state.metrics.connects_refused.get(), 1);
         c.stop().await;

@@ -3,6 +3,7 @@
 
 use confab_tests::process::PrivateRedis;
 use confab_tests::proxy::Proxy;
+use confab_tests::refused_upgrade;
 use confab_tests::{Backend, Cluster};
 use secrecy::SecretString;
 use std::time::Duration;
@@ -139,24 +140,9 @@ async fn a_session_that_cannot_start_is_refused_before_the_upgrade() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
 
-    let resp = reqwest::Client::new()
-        .get(format!("{}/ws?token={token}", c.node(0).http_base()))
-        .header("connection", "upgrade")
-        .header("upgrade", "websocket")
-        .header("sec-websocket-version", "13")
-        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(resp.status().as_u16(), 503, "not upgraded");
-    let retry: u64 = resp
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let (status, retry, body) = refused_upgrade(&c.node(0).http_base(), &token).await;
+    assert_eq!(status, 503, "not upgraded: {body}");
     assert!(retry >= 1, "Retry-After must be set");
-    let body: serde_json::Value = resp.json().await.unwrap_or_default();
     assert_eq!(body["code"], "unavailable", "{body}");
     let m = &c.node(0).state.metrics;
     assert_eq!(m.connects_refused.get(), 1);
