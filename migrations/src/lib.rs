@@ -11,6 +11,7 @@ mod m0005_store_batch_index_plans;
 mod m0006_message_thread_cascade_trigger;
 mod m0007_store_batch_lock_by_join;
 mod m0008_thread_bump_in_place;
+mod m0009_store_batch_generic_plan;
 
 /// Run `sql` (one or more statements) when the database is Postgres; nothing on SQLite. For
 /// steps that only concern Postgres's own machinery (functions, triggers, planner settings).
@@ -37,6 +38,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0006_message_thread_cascade_trigger::Migration),
             Box::new(m0007_store_batch_lock_by_join::Migration),
             Box::new(m0008_thread_bump_in_place::Migration),
+            Box::new(m0009_store_batch_generic_plan::Migration),
         ]
     }
 }

@@ -767,6 +767,51 @@ async fn the_batch_store_function_reads_its_tables_by_index_only() {
     assert_index_only(&before, &after);
 }
 
+/// The batch store function carries its planner settings whatever the session asks for: index
+/// scans (m0005, kept by m0007) and one generic plan per connection (m0009: without it, a
+/// connection whose first batches were small planned every later batch anew). A migration that
+/// recreates the function must repeat both. Batches of 1 to 64 sends, in a session that asks for
+/// a custom plan on every call, are each stored and numbered in order after the last.
+#[tokio::test(flavor = "current_thread")]
+async fn the_batch_store_function_keeps_its_planner_settings() {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+
+    let (store, members, thread) = small_analyzed_store(1).await;
+    let rows = raw(
+        &store,
+        "SELECT array_to_string(proconfig, ' ') AS c FROM pg_proc \
+         WHERE proname = 'confab_store_batch'",
+    )
+    .await;
+    assert_eq!(rows.len(), 1, "one confab_store_batch");
+    let config: String = rows[0].try_get("", "c").unwrap_or_else(|e| panic!("{e}"));
+    for setting in ["enable_seqscan=off", "plan_cache_mode=force_generic_plan"] {
+        assert!(
+            config.split(' ').any(|s| s == setting),
+            "{setting} missing from {config:?}"
+        );
+    }
+
+    let txn = store
+        .connection()
+        .begin()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    txn.execute_unprepared("SET LOCAL plan_cache_mode = force_custom_plan")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut last = 0;
+    for (round, n) in [1usize, 2, 3, 64, 1, 5, 64, 2].into_iter().enumerate() {
+        let senders: Vec<_> = members.iter().copied().cycle().take(n).collect();
+        let rows = call_store_batch(&txn, thread, &senders, &format!("p{round}")).await;
+        let seqs: Vec<i64> = rows.iter().map(|r| r.1).collect();
+        let want: Vec<i64> = (last + 1..=last + n as i64).collect();
+        assert_eq!(seqs, want, "round {round}: {n} sends stored in order");
+        last += n as i64;
+    }
+    txn.rollback().await.unwrap_or_else(|e| panic!("{e}"));
+}
+
 /// A batch that finds its thread locked by another batch waits, and stores after it, numbered
 /// after the other's messages: the lock statement (a join on the batch's distinct thread ids,
 /// migration m0007) rechecks the row the other batch updated, and the numbering reads the
