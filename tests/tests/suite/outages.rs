@@ -156,3 +156,69 @@ async fn a_session_that_cannot_start_is_refused_before_the_upgrade() {
     ws.close().await;
     c.stop().await;
 }
+
+/// A client that goes away while its session is starting leaves nothing behind: the start runs
+/// on a task of its own (actix drops a handler's future when its client leaves), finishes, and
+/// cleans up when nobody waits for its answer. The start is held by a lock on `thread_members`
+/// while the client resets its connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_while_its_session_starts_leaves_nothing_behind() {
+    use sea_orm::{ConnectionTrait, Database, TransactionTrait};
+    use tokio::io::AsyncWriteExt;
+    let c = Cluster::start(Backend::Cluster, 1).await;
+    let (_u, token) = c.user("leaver").await;
+    let db_url = c.db_url.clone().unwrap_or_default();
+    let db = Database::connect(db_url.as_str())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let tx = db.begin().await.unwrap_or_else(|e| panic!("{e}"));
+    tx.execute_unprepared("LOCK TABLE thread_members IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    let m = &c.node(0).state.metrics;
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", c.node(0).port))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let request = format!(
+        "GET /ws?token={token} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\n\
+         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    tcp.write_all(request.as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_for("the session to start starting", || {
+        m.connections_open.get() == 1
+    })
+    .await;
+    // A reset, not a polite close: the node's dispatcher sees the error and drops the request.
+    socket2::SockRef::from(&tcp)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap_or_else(|e| panic!("{e}"));
+    drop(tcp);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    tx.rollback().await.unwrap_or_else(|e| panic!("{e}"));
+    wait_for("the session to be cleaned up", || {
+        m.connections_open.get() == 0 && c.node(0).state.hub.session_count() == 0
+    })
+    .await;
+    // And the node serves the same user as before.
+    let ws = c.ws(0, &token).await;
+    assert!(ws.hello["session_id"].is_string(), "{}", ws.hello);
+    ws.close().await;
+    c.stop().await;
+}
+
+/// Poll `done` every 20 ms for up to 10 s.
+async fn wait_for(what: &str, done: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "waited 10 s for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

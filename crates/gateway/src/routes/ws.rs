@@ -71,18 +71,16 @@ pub async fn upgrade(
         hold_for_resume: matches!(q.resume.as_deref(), Some("1" | "true")),
     };
     let state = state.into_inner();
-    match session::open(state, auth, ws, opts).await {
-        Ok(opened) => {
-            actix_web::rt::spawn(opened.run(stream));
-            Ok(response)
-        }
-        Err(reason) => Ok(HttpResponse::ServiceUnavailable()
-            .insert_header(("Retry-After", "1"))
-            .json(
-                Error::Unavailable(format!("cannot start a session: {}", reason.description()))
-                    .body(),
-            )),
-    }
+    let (started, start) = tokio::sync::oneshot::channel();
+    actix_web::rt::spawn(session::run(state, auth, ws, stream, opts, started));
+    let refused = match start.await {
+        Ok(Ok(())) => return Ok(response),
+        Ok(Err(reason)) => reason.description(),
+        Err(_) => "the session ended while starting",
+    };
+    Ok(HttpResponse::ServiceUnavailable()
+        .insert_header(("Retry-After", "1"))
+        .json(Error::Unavailable(format!("cannot start a session: {refused}")).body()))
 }
 
 /// `Sec-WebSocket-Protocol: confab.v1` also selects a version.

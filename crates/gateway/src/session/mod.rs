@@ -67,28 +67,29 @@ pub(crate) enum End {
     Refused,
 }
 
-/// A session that has started — registered with the hub, joined to its user's threads,
-/// announced, its hello queued — and waits for [`Opened::run`] to run its loop.
-pub struct Opened {
-    session: Session,
-    outbox: Arc<Outbox>,
-}
-
-/// Start a session while the upgrade is still unanswered. Called by the upgrade handler, on the
-/// actix worker that accepted the connection (where the session then runs).
+/// Run a session to completion, on the actix worker that accepted the upgrade. `started` hears
+/// whether the session started — registered with the hub, joined to its user's threads,
+/// announced, its hello queued — before the upgrade is answered (the handler waits for it).
 ///
 /// Why before the answer: the hello is then queued when the `101` response is written, and both
 /// leave in one write — a connect costs the node one send and the client one wake-up fewer,
 /// most of what a connect costs the client beyond the TCP handshake. And a node that cannot
 /// start a session (its database or Redis unreachable) refuses it the way every other refusal
 /// of `/ws` is made — an HTTP status with a JSON body — instead of upgrading only to close.
-/// On failure everything the start did is undone and the reason returned.
-pub async fn open(
+///
+/// Why a task of its own and not the handler's future: actix drops a handler's future when its
+/// client goes away, and a start cut short there would leave the session registered and
+/// announced with nobody to clean it up. Here the start always finishes, and so does the
+/// clean-up: after a failed start (before `started` hears of it), or when nobody is waiting
+/// for the answer any more.
+pub async fn run(
     state: Arc<AppState>,
     auth: AuthUser,
     ws: actix_ws::Session,
+    stream: MessageStream,
     opts: ConnectOptions,
-) -> Result<Opened, CloseReason> {
+    started: tokio::sync::oneshot::Sender<Result<(), CloseReason>>,
+) {
     let id = SessionId::new();
     let settings = state.settings.clone();
     let outbox = Arc::new(Outbox::new(settings.session.outbound_queue));
@@ -126,29 +127,26 @@ pub async fn open(
     // idle session's task is sized by the largest state it can be in, and these hold database
     // and Redis futures (measured with size_of_val: the task went from 11,960 to 5,072 bytes;
     // with the loop's handlers boxed too, `run`'s future is 1,824 bytes, -Zprint-type-sizes).
-    match Box::pin(session.start()).await {
-        Ok(()) => Ok(Opened { session, outbox }),
+    let end = match Box::pin(session.start()).await {
         Err(reason) => {
             outbox.close();
             Box::pin(finish(session, state, End::Refused)).await;
-            Err(reason)
+            // Cleaned up before the client hears of it.
+            let _ = started.send(Err(reason));
+            return;
         }
-    }
-}
-
-impl Opened {
-    /// Run the session to completion: spawned once the upgrade's answer is on its way.
-    pub async fn run(self, stream: MessageStream) {
-        let Opened {
-            mut session,
-            outbox,
-        } = self;
-        let end = session.run_loop(&outbox, stream).await;
-        // Whatever the hub still hands over is for nobody now.
-        outbox.close();
-        let state = session.state.clone();
-        Box::pin(finish(session, state, end)).await;
-    }
+        Ok(()) => {
+            if started.send(Ok(())).is_err() {
+                // The client left before its upgrade was answered.
+                End::PeerGone
+            } else {
+                session.run_loop(&outbox, stream).await
+            }
+        }
+    };
+    // Whatever the hub still hands over is for nobody now.
+    outbox.close();
+    Box::pin(finish(session, state, end)).await;
 }
 
 /// Clean-up after the loop, exactly once.
