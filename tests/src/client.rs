@@ -34,6 +34,24 @@ pub async fn refused_upgrade(http_base: &str, token: &str) -> (u16, u64, Value) 
     (status, retry, resp.json().await.unwrap_or_default())
 }
 
+/// Open a TCP connection to the node on `port` and send a WebSocket upgrade request with
+/// `token`, for tests that read (or drop) the raw connection themselves.
+pub async fn raw_upgrade(port: u16, token: &str) -> TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut tcp = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let request = format!(
+        "GET /ws?token={token} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\n\
+         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    tcp.write_all(request.as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    tcp
+}
+
 /// An HTTP client bound to one node.
 #[derive(Clone)]
 pub struct Http {

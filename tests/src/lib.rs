@@ -13,7 +13,7 @@ pub mod client;
 pub mod process;
 pub mod proxy;
 
-pub use client::{refused_upgrade, Http, Ws};
+pub use client::{raw_upgrade, refused_upgrade, Http, Ws};
 
 use confab_gateway::{Application, Settings, StopHandle};
 use confab_protocol::UserRef;

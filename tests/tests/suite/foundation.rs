@@ -549,20 +549,10 @@ both_backends!(
 both_backends!(
     the_hello_leaves_in_the_same_write_as_the_upgrade_answer,
     |b: Backend| async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::io::AsyncReadExt;
         let c = Cluster::start(b, 1).await;
         let (user, token) = c.user("greeted").await;
-        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", c.node(0).port))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let request = format!(
-            "GET /ws?token={token} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\n\
-             Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-        );
-        tcp.write_all(request.as_bytes())
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let mut tcp = confab_tests::raw_upgrade(c.node(0).port, &token).await;
         // One read: whatever the node wrote first. The session starts before the upgrade is
         // answered, so the hello is already queued behind the 101 and both go in one write
         // (one segment on loopback), instead of the hello following once the start is done.

@@ -3,7 +3,7 @@
 
 use confab_tests::process::PrivateRedis;
 use confab_tests::proxy::Proxy;
-use confab_tests::refused_upgrade;
+use confab_tests::{raw_upgrade, refused_upgrade};
 use confab_tests::{Backend, Cluster};
 use secrecy::SecretString;
 use std::time::Duration;
@@ -121,7 +121,6 @@ async fn a_silently_stalled_subscription_is_detected_and_repaired() {
 /// the node's statements limited to 1.5 s.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_that_cannot_start_is_refused_before_the_upgrade() {
-    use sea_orm::{ConnectionTrait, Database, TransactionTrait};
     let c = Cluster::start_with(Backend::Cluster, 1, |s| {
         let url = format!(
             "{}?options[statement_timeout]=1500",
@@ -131,14 +130,7 @@ async fn a_session_that_cannot_start_is_refused_before_the_upgrade() {
     })
     .await;
     let (_u, token) = c.user("blocked").await;
-    let db_url = c.db_url.clone().unwrap_or_default();
-    let db = Database::connect(db_url.as_str())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let tx = db.begin().await.unwrap_or_else(|e| panic!("{e}"));
-    tx.execute_unprepared("LOCK TABLE thread_members IN ACCESS EXCLUSIVE MODE")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let (_db, tx) = lock_thread_members(&c).await;
 
     let (status, retry, body) = refused_upgrade(&c.node(0).http_base(), &token).await;
     assert_eq!(status, 503, "not upgraded: {body}");
@@ -163,31 +155,12 @@ async fn a_session_that_cannot_start_is_refused_before_the_upgrade() {
 /// while the client resets its connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_leaves_while_its_session_starts_leaves_nothing_behind() {
-    use sea_orm::{ConnectionTrait, Database, TransactionTrait};
-    use tokio::io::AsyncWriteExt;
     let c = Cluster::start(Backend::Cluster, 1).await;
     let (_u, token) = c.user("leaver").await;
-    let db_url = c.db_url.clone().unwrap_or_default();
-    let db = Database::connect(db_url.as_str())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let tx = db.begin().await.unwrap_or_else(|e| panic!("{e}"));
-    tx.execute_unprepared("LOCK TABLE thread_members IN ACCESS EXCLUSIVE MODE")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let (_db, tx) = lock_thread_members(&c).await;
 
     let m = &c.node(0).state.metrics;
-    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", c.node(0).port))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let request = format!(
-        "GET /ws?token={token} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\n\
-         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-    );
-    tcp.write_all(request.as_bytes())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let tcp = raw_upgrade(c.node(0).port, &token).await;
     wait_for("the session to start starting", || {
         m.connections_open.get() == 1
     })
@@ -221,4 +194,21 @@ async fn wait_for(what: &str, done: impl Fn() -> bool) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Hold `thread_members` locked against everything (reads too) until the returned transaction
+/// ends: a session's start, which reads the user's threads, then waits — or times out.
+async fn lock_thread_members(
+    c: &Cluster,
+) -> (sea_orm::DatabaseConnection, sea_orm::DatabaseTransaction) {
+    use sea_orm::{ConnectionTrait, Database, TransactionTrait};
+    let db_url = c.db_url.clone().unwrap_or_default();
+    let db = Database::connect(db_url.as_str())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let tx = db.begin().await.unwrap_or_else(|e| panic!("{e}"));
+    tx.execute_unprepared("LOCK TABLE thread_members IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    (db, tx)
 }
