@@ -25,9 +25,7 @@ pub async fn upgrade(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Error> {
     if state.is_draining() {
-        return Ok(HttpResponse::ServiceUnavailable()
-            .insert_header(("Retry-After", "1"))
-            .json(Error::Unavailable("node is draining".into()).body()));
+        return Err(Error::Unavailable("node is draining".into()));
     }
     let q = web::Query::<WsQuery>::from_query(req.query_string())
         .map(|q| q.into_inner())
@@ -78,9 +76,10 @@ pub async fn upgrade(
         Ok(Err(reason)) => reason.description(),
         Err(_) => "the session ended while starting",
     };
-    Ok(HttpResponse::ServiceUnavailable()
-        .insert_header(("Retry-After", "1"))
-        .json(Error::Unavailable(format!("cannot start a session: {refused}")).body()))
+    // 503 with `Retry-After` and the JSON body: `Error`'s response.
+    Err(Error::Unavailable(format!(
+        "cannot start a session: {refused}"
+    )))
 }
 
 /// `Sec-WebSocket-Protocol: confab.v1` also selects a version.
