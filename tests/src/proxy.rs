@@ -1,9 +1,10 @@
 //! A loopback TCP proxy that can be frozen: bytes from the server stop flowing while the
 //! connection stays open — the "silent stall" of a pub/sub connection whose health checks
-//! stay green while delivery has stopped.
+//! stay green while delivery has stopped. It also keeps what clients sent, for tests that look
+//! at a protocol's messages.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -13,6 +14,7 @@ pub struct Proxy {
     /// The port clients connect to.
     pub port: u16,
     frozen: Arc<AtomicBool>,
+    sent: Arc<Mutex<Vec<u8>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -24,18 +26,30 @@ impl Proxy {
             .unwrap_or_else(|e| panic!("proxy bind: {e}"));
         let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
         let frozen = Arc::new(AtomicBool::new(false));
-        let f = frozen.clone();
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let (f, s) = (frozen.clone(), sent.clone());
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                let f = f.clone();
+                let (f, s) = (f.clone(), s.clone());
                 tokio::spawn(async move {
                     if let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await {
-                        pipe(client, server, f).await;
+                        pipe(client, server, f, s).await;
                     }
                 });
             }
         });
-        Proxy { port, frozen, task }
+        Proxy {
+            port,
+            frozen,
+            sent,
+            task,
+        }
+    }
+
+    /// Every byte clients sent through the proxy so far, in order (one client at a time makes
+    /// this one connection's stream).
+    pub fn sent(&self) -> Vec<u8> {
+        self.sent.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Stop forwarding server → client bytes (connections stay open).
@@ -60,13 +74,24 @@ impl Drop for Proxy {
     }
 }
 
-async fn pipe(client: TcpStream, server: TcpStream, frozen: Arc<AtomicBool>) {
+async fn pipe(
+    client: TcpStream,
+    server: TcpStream,
+    frozen: Arc<AtomicBool>,
+    sent: Arc<Mutex<Vec<u8>>>,
+) {
     let (mut cr, mut cw) = client.into_split();
     let (mut sr, mut sw) = server.into_split();
     let up = async move {
         let mut buf = vec![0u8; 16 * 1024];
         while let Ok(n) = cr.read(&mut buf).await {
-            if n == 0 || sw.write_all(&buf[..n]).await.is_err() {
+            if n == 0 {
+                break;
+            }
+            sent.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend_from_slice(&buf[..n]);
+            if sw.write_all(&buf[..n]).await.is_err() {
                 break;
             }
         }

@@ -950,3 +950,121 @@ async fn a_deleted_thread_takes_its_messages_along_and_accepts_none() {
         "nothing stored for a thread that is gone"
     );
 }
+
+/// The pool takes a connection back without a round trip when its last use left it clean
+/// (vendor/sqlx-core: upstream pings every returned connection), and still sends a dropped
+/// transaction's `ROLLBACK` at once, so its locks do not outlive it.
+#[tokio::test]
+async fn a_clean_connection_goes_back_to_the_pool_without_a_ping() {
+    use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
+
+    // Postgres's `Sync` message: the whole of sqlx's ping, and the end of every query.
+    const SYNC: [u8; 5] = [b'S', 0, 0, 0, 4];
+    let syncs_in_a_row = |bytes: &[u8]| {
+        bytes
+            .windows(10)
+            .filter(|w| w[..5] == SYNC && w[5..] == SYNC)
+            .count()
+    };
+
+    let url = confab_tests::create_database(&confab_tests::pg_admin_url()).await;
+    let migrated = fresh_store_at(&url, 1).await;
+    let members = new_users(&migrated, "ping", 2).await;
+    let thread = migrated
+        .create_group_thread(members[0], &members[1..], "pings", false)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .id;
+    drop(migrated);
+    // One connection, through a proxy that keeps what the pool sends.
+    let (host_port, _) = url
+        .split_once('@')
+        .and_then(|(_, rest)| rest.split_once('/'))
+        .unwrap_or_else(|| panic!("no host in {url}"));
+    let pg_port: u16 = host_port
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .unwrap_or(5432);
+    let proxy = confab_tests::proxy::Proxy::start(pg_port).await;
+    let proxied = url.replacen(host_port, &format!("127.0.0.1:{}", proxy.port), 1);
+    let store = fresh_store_at(&proxied, 1).await;
+    let setup = proxy.sent().len();
+
+    // Queries one after another on the one pooled connection: each ends with its own `Sync`;
+    // a ping on release would put a second one right after it.
+    for i in 0..20 {
+        let rows = raw(&store, &format!("SELECT {i} AS n")).await;
+        assert_eq!(rows.len(), 1);
+    }
+    store
+        .send_message(thread, members[0], "ping-1", "stored through the proxy")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let sent = proxy.sent().split_off(setup);
+    assert!(
+        sent.windows(5).filter(|w| *w == SYNC).count() >= 21,
+        "the queries went through the proxy"
+    );
+    assert_eq!(
+        syncs_in_a_row(&sent),
+        0,
+        "a ping followed a query: the pool pinged a clean connection on release"
+    );
+
+    // A transaction dropped without commit, holding a row lock: its rollback must reach the
+    // server now, not when the connection is next used.
+    let txn = store
+        .connection()
+        .begin()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    txn.execute(Statement::from_string(
+        DbBackend::Postgres,
+        format!(
+            "SELECT id FROM threads WHERE id = '{}' FOR UPDATE",
+            thread.0
+        ),
+    ))
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    drop(txn);
+    let other = fresh_store_at(&url, 1).await;
+    let mut free = false;
+    for _ in 0..50 {
+        let r = other
+            .connection()
+            .execute(Statement::from_string(
+                DbBackend::Postgres,
+                format!(
+                    "SELECT id FROM threads WHERE id = '{}' FOR UPDATE NOWAIT",
+                    thread.0
+                ),
+            ))
+            .await;
+        if r.is_ok() {
+            free = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // The pooled connection was not used since the drop: only the flush on release freed it.
+    assert!(
+        free,
+        "the dropped transaction's lock was still held after 5 s"
+    );
+    drop(store);
+}
+
+/// A store on `url` (migrated), with at most `connections` pooled connections.
+async fn fresh_store_at(url: &str, connections: u32) -> confab_persistence::Store {
+    use confab_persistence::{Store, StoreOptions};
+    Store::connect(&StoreOptions {
+        url: url.to_owned(),
+        max_connections: connections,
+        acquire_timeout: std::time::Duration::from_secs(10),
+        migrate: true,
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"))
+}
