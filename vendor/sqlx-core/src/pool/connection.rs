@@ -221,15 +221,15 @@ impl<DB: Database> Drop for PoolConnection<DB> {
 
 /// confab patch: whether a connection returned to the pool may skip the ping on release.
 ///
-/// Upstream pings every connection it takes back (a round trip to the server per query made
+/// Upstream pings *every* connection it takes back (a round trip to the server per query made
 /// through the pool), to flush what must reach the server promptly — a dropped transaction's
-/// queued `ROLLBACK` — and to notice a connection broken during its use. A connection with
-/// nothing queued to write and no transaction open has nothing to flush; a reply still unread
-/// after a cancelled query is read by the connection's next use before its own query (the
-/// driver waits until the connection is ready first), and one that broke fails that next use,
-/// as one that breaks while idle in the pool already does (`test_before_acquire(false)`).
-/// Everything else keeps upstream's path: a closed pool, an expired connection, a pool with an
-/// `after_release` hook.
+/// queued `ROLLBACK` — and to drain, or find broken and close, a connection whose last use was
+/// cut short (a cancelled future, a failed read or write). A connection with nothing queued to
+/// write, no reply owed and no transaction open has nothing to flush or drain, and its last
+/// exchange completed: it goes back as it is. "Nothing queued, no reply owed" is the driver's
+/// `should_flush` (the vendored sqlx-postgres answers it for both; upstream's only looked at the
+/// write buffer). Everything else keeps upstream's path, as do a closed pool, an expired
+/// connection and a pool with an `after_release` hook.
 fn may_skip_release_ping<DB: Database>(live: &Live<DB>, pool: &PoolInner<DB>) -> bool {
     !pool.is_closed()
         && pool.options.after_release.is_none()
