@@ -23,10 +23,42 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+type StartHere = Box<
+    dyn FnOnce(CancellationToken) -> futures_util::future::LocalBoxFuture<'static, std::io::Result<()>>
+        + Send,
+>;
+
+enum Serving {
+    Workers(Server),
+    Here(StartHere),
+}
+
+fn spawn_background(
+    hub: &Arc<Hub>,
+    settings: &Settings,
+    background: &CancellationToken,
+    announcer: Announcer,
+) {
+    let sweep_every = ms(settings.delivery.sweep_interval_ms.max(100));
+    let sweeper = hub.clone();
+    let bg = background.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(sweep_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = bg.cancelled() => return,
+                _ = tick.tick() => sweeper.sweep().await,
+            }
+        }
+    });
+    tokio::spawn(announcer.run(background.clone()));
+}
+
 /// A built node, listening but not yet serving.
 pub struct Application {
     port: u16,
-    server: Server,
+    server: Serving,
     state: Arc<AppState>,
     stop: CancellationToken,
     background: CancellationToken,
@@ -191,7 +223,7 @@ impl Application {
         } else {
             settings.server.workers
         };
-        let server = HttpServer::new(move || {
+        let app = move || {
             let metrics = data.metrics.clone();
             App::new()
                 .app_data(data.clone())
@@ -221,7 +253,54 @@ impl Application {
                 .default_service(web::to(|| async {
                     Err::<actix_web::HttpResponse, _>(Error::NotFound("route"))
                 }))
-        })
+        };
+        if workers == 1 && std::env::var_os("CONFAB_EXPERIMENT_HERE").is_some() {
+            let here: StartHere = Box::new(move |stop: CancellationToken| {
+                Box::pin(async move {
+                    use actix_service::{Service as _, ServiceFactory as _};
+                    let factory = actix_http::HttpService::build()
+                        .keep_alive(actix_http::KeepAlive::Timeout(Duration::from_secs(5)))
+                        .client_request_timeout(Duration::from_secs(5))
+                        .client_disconnect_timeout(Duration::from_secs(1))
+                        .finish(actix_service::map_config(app(), |_| {
+                            actix_web::dev::AppConfig::default()
+                        }))
+                        .tcp();
+                    let svc = std::rc::Rc::new(
+                        factory
+                            .new_service(())
+                            .await
+                            .map_err(|_| std::io::Error::other("http service"))?,
+                    );
+                    listener.set_nonblocking(true)?;
+                    let listener = tokio::net::TcpListener::from_std(listener)?;
+                    loop {
+                        tokio::select! {
+                            _ = stop.cancelled() => return Ok(()),
+                            r = listener.accept() => {
+                                let Ok((stream, _)) = r else { continue };
+                                let _ = stream.set_nodelay(true);
+                                let svc = svc.clone();
+                                actix_web::rt::spawn(async move {
+                                    let _ = svc.call(stream).await;
+                                });
+                            }
+                        }
+                    }
+                })
+            });
+            let background = CancellationToken::new();
+            spawn_background(&hub, &settings, &background, announcer);
+            tracing::info!(node = %node_id, port, clustered, "node built (one thread)");
+            return Ok(Self {
+                port,
+                server: Serving::Here(here),
+                state,
+                stop: CancellationToken::new(),
+                background,
+            });
+        }
+        let server = HttpServer::new(app)
         // Frames are small and latency-bound: without TCP_NODELAY, Nagle's algorithm holds a
         // frame back until the client's delayed ACK (up to 40 ms on Linux).
         .on_connect(|conn, _ext| {
@@ -238,24 +317,11 @@ impl Application {
         .run();
 
         let background = CancellationToken::new();
-        let sweep_every = ms(settings.delivery.sweep_interval_ms.max(100));
-        let sweeper = hub.clone();
-        let bg = background.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(sweep_every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = bg.cancelled() => return,
-                    _ = tick.tick() => sweeper.sweep().await,
-                }
-            }
-        });
-        tokio::spawn(announcer.run(background.clone()));
+        spawn_background(&hub, &settings, &background, announcer);
         tracing::info!(node = %node_id, port, clustered, "node built");
         Ok(Self {
             port,
-            server,
+            server: Serving::Workers(server),
             state,
             stop: CancellationToken::new(),
             background,
@@ -287,8 +353,17 @@ impl Application {
             background,
             ..
         } = self;
-        let handle = server.handle();
-        let mut server = tokio::spawn(server);
+        let (handle, accept_stop, mut server) = match server {
+            Serving::Workers(server) => {
+                let handle = server.handle();
+                (Some(handle), None, tokio::spawn(server))
+            }
+            Serving::Here(start) => {
+                let accept = CancellationToken::new();
+                let task = tokio::task::spawn_local(start(accept.clone()));
+                (None, Some(accept), task)
+            }
+        };
         tokio::select! {
             res = &mut server => {
                 background.cancel();
@@ -297,7 +372,7 @@ impl Application {
             _ = stop.cancelled() => {}
             _ = shutdown_signal() => {}
         }
-        drain(&state, &handle).await;
+        drain(&state, handle.as_ref(), accept_stop.as_ref()).await;
         background.cancel();
         let _ = server.await;
         Ok(())
@@ -375,7 +450,7 @@ fn memory_backends(settings: &Settings, keys: &Keys, inbound: &Arc<dyn Inbound>)
     }
 }
 
-async fn drain(state: &AppState, handle: &ServerHandle) {
+async fn drain(state: &AppState, handle: Option<&ServerHandle>, accept: Option<&CancellationToken>) {
     let deadline = Instant::now() + Duration::from_secs(state.settings.shutdown.drain_timeout_secs);
     tracing::info!(node = %state.node_id, "draining");
     state.draining.store(true, Ordering::Release);
@@ -389,7 +464,12 @@ async fn drain(state: &AppState, handle: &ServerHandle) {
     }
     // Give close frames a moment to be written before connections are torn down.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    handle.stop(true).await;
+    if let Some(handle) = handle {
+        handle.stop(true).await;
+    }
+    if let Some(accept) = accept {
+        accept.cancel();
+    }
     // Sessions are closed: clear what this node still has registered and deregister it, so its
     // users go offline promptly (after the grace period) instead of when its heartbeat expires.
     Announcer::new(state).stop().await;
