@@ -126,10 +126,12 @@ run "$BENCH" idle --node "$N0" --setup-node "$N1" --pid "$P0" --connections "$ID
 # each with its share of the cores as worker threads. The idle run above keeps one worker per
 # core: it measures one node that owns the machine and takes every connection. Two nodes on 2
 # cores with a worker per core each ran twice as many workers as cores; one each gave 6-16%
-# more deliveries per CPU-second in paired runs (docs/operations.md, "Scaling").
+# more deliveries per CPU-second in paired runs (docs/operations.md, "Scaling"). A node with one
+# core to itself serves on its own thread (`server.single_thread`): no worker thread, no hops.
 SHARED_WORKERS=$(shared_workers 2)
+SINGLE_THREAD=$([ "$SHARED_WORKERS" = 1 ] && echo true || echo false)
 stop_nodes
-EXTRA_ENV=(CONFAB__SERVER__WORKERS="$SHARED_WORKERS")
+EXTRA_ENV=(CONFAB__SERVER__WORKERS="$SHARED_WORKERS" CONFAB__SERVER__SINGLE_THREAD="$SINGLE_THREAD")
 echo "# the nodes restarted for every scenario below, on the same database and Redis prefix:" \
   >>"$dir/commands.txt"
 nodes_up
@@ -219,7 +221,8 @@ rm -f "$dir/perf.check"
   echo "| date | $(date -u '+%Y-%m-%d %H:%M UTC') |"
   echo
   echo "Two release \`confab\` nodes (\`cargo build --release\`), default settings except:"
-  echo "for every scenario after \`idle\` the nodes are restarted with \`CONFAB__SERVER__WORKERS=$SHARED_WORKERS\`"
+  echo "for every scenario after \`idle\` the nodes are restarted with \`CONFAB__SERVER__WORKERS=$SHARED_WORKERS\`,"
+  echo "\`CONFAB__SERVER__SINGLE_THREAD=$SINGLE_THREAD\`"
   echo "(the machine's cores split between them, as \`make cluster\` does; \`idle\` measures one node"
   echo "that owns the machine, with the default of one worker per core);"
   echo "rate limits raised (\`CONFAB__LIMITS__FRAMES_PER_SEC\`, \`FRAMES_BURST\`, \`USER_SENDS_PER_SEC\`,"

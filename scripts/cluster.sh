@@ -170,6 +170,8 @@ wait_ready() {
 # unless CONFAB__SERVER__WORKERS says otherwise. More workers than cores only adds hops between
 # threads (docs/operations.md, "Scaling").
 workers="${CONFAB__SERVER__WORKERS:-$(shared_workers "$N")}"
+# A node with one core's share serves on its own thread: no worker thread to hand work to.
+single_thread="${CONFAB__SERVER__SINGLE_THREAD:-$([ "$workers" = 1 ] && echo true || echo false)}"
 
 for i in $(seq 1 "$N"); do
   port=${ports[$((i - 1))]}
@@ -185,6 +187,7 @@ for i in $(seq 1 "$N"); do
     CONFAB__REDIS__KEY_PREFIX="$PREFIX" \
     CONFAB__CLUSTER__REPLICAS="$N" \
     CONFAB__SERVER__WORKERS="$workers" \
+    CONFAB__SERVER__SINGLE_THREAD="$single_thread" \
     nohup "$BIN" </dev/null >"$dir/node-$i.log" 2>&1 &
   pid=$!
   echo "$pid" >>"$dir/nodes.pid"

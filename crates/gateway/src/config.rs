@@ -47,6 +47,10 @@ pub struct ServerSettings {
     pub port: u16,
     /// actix worker threads; 0 = one per core.
     pub workers: usize,
+    /// Serve on the node's own thread (the binary's runtime), with no worker threads: every
+    /// hop between sessions, the broker, the database writers and Redis stays on one thread.
+    /// `workers` is then ignored; run one node process per core.
+    pub single_thread: bool,
     /// Listen backlog (pending connections).
     pub backlog: u32,
     /// Maximum concurrent connections per worker.

@@ -23,8 +23,86 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// Serve HTTP and WebSocket connections on this thread (`server.single_thread`): what an actix
+/// worker does — one HTTP/1 dispatcher task per connection, with the same timeouts as
+/// `HttpServer`'s defaults — without the worker thread, and without the accept thread that hands
+/// it connections. At most `max_connections` at once: beyond it, new ones wait in the kernel's
+/// backlog, as with `HttpServer`. Returns when `stop` is cancelled (the drain), leaving the open
+/// connections to finish.
+async fn serve_here<F, I, S, Bd>(
+    listener: std::net::TcpListener,
+    app: F,
+    max_connections: usize,
+    stop: CancellationToken,
+) -> std::io::Result<()>
+where
+    F: Fn() -> I,
+    I: actix_service::IntoServiceFactory<S, actix_http::Request>,
+    S: actix_service::ServiceFactory<actix_http::Request, Config = actix_web::dev::AppConfig>
+        + 'static,
+    S::Error: Into<actix_web::Error> + 'static,
+    S::InitError: std::fmt::Debug,
+    S::Response: Into<actix_http::Response<Bd>> + 'static,
+    Bd: actix_web::body::MessageBody + 'static,
+{
+    use actix_service::{Service as _, ServiceFactory as _, ServiceFactoryExt as _};
+    let addr = listener.local_addr()?;
+    let factory = actix_http::HttpService::build()
+        .keep_alive(actix_http::KeepAlive::Timeout(Duration::from_secs(5)))
+        .client_request_timeout(Duration::from_secs(5))
+        .client_disconnect_timeout(Duration::from_secs(1))
+        .h1_allow_half_closed(true)
+        .local_addr(addr)
+        .finish(actix_service::map_config(
+            app()
+                .into_factory()
+                .map_err(|err| err.into().error_response()),
+            |_| actix_web::dev::AppConfig::default(),
+        ))
+        .tcp();
+    let service = std::rc::Rc::new(
+        factory
+            .new_service(())
+            .await
+            .map_err(|_| std::io::Error::other("building the HTTP service"))?,
+    );
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    loop {
+        let slot = tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            slot = slots.clone().acquire_owned() => slot,
+        };
+        let Ok(slot) = slot else {
+            return Ok(());
+        };
+        let stream = tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        // As `HttpServer` is set up: frames are small and latency-bound.
+        let _ = stream.set_nodelay(true);
+        let service = service.clone();
+        actix_web::rt::spawn(async move {
+            let _ = service.call(stream).await;
+            drop(slot);
+        });
+    }
+}
+
 type StartHere = Box<
-    dyn FnOnce(CancellationToken) -> futures_util::future::LocalBoxFuture<'static, std::io::Result<()>>
+    dyn FnOnce(
+            CancellationToken,
+        ) -> futures_util::future::LocalBoxFuture<'static, std::io::Result<()>>
         + Send,
 >;
 
@@ -254,44 +332,22 @@ impl Application {
                     Err::<actix_web::HttpResponse, _>(Error::NotFound("route"))
                 }))
         };
-        if workers == 1 && std::env::var_os("CONFAB_EXPERIMENT_HERE").is_some() {
+        if settings.server.single_thread {
+            // Only the binary's runtime (an actix System: a LocalSet on the main thread) can run
+            // sessions here; a plain tokio runtime (an embedding, a test) cannot.
+            if actix_web::rt::System::try_current().is_none() {
+                return Err(startup_err(
+                    "server.single_thread",
+                    "needs the confab binary's runtime (an actix System)",
+                ));
+            }
+            let max_connections = settings.server.max_connections_per_worker.max(1);
             let here: StartHere = Box::new(move |stop: CancellationToken| {
-                Box::pin(async move {
-                    use actix_service::{Service as _, ServiceFactory as _};
-                    let factory = actix_http::HttpService::build()
-                        .keep_alive(actix_http::KeepAlive::Timeout(Duration::from_secs(5)))
-                        .client_request_timeout(Duration::from_secs(5))
-                        .client_disconnect_timeout(Duration::from_secs(1))
-                        .finish(actix_service::map_config(app(), |_| {
-                            actix_web::dev::AppConfig::default()
-                        }))
-                        .tcp();
-                    let svc = std::rc::Rc::new(
-                        factory
-                            .new_service(())
-                            .await
-                            .map_err(|_| std::io::Error::other("http service"))?,
-                    );
-                    listener.set_nonblocking(true)?;
-                    let listener = tokio::net::TcpListener::from_std(listener)?;
-                    loop {
-                        tokio::select! {
-                            _ = stop.cancelled() => return Ok(()),
-                            r = listener.accept() => {
-                                let Ok((stream, _)) = r else { continue };
-                                let _ = stream.set_nodelay(true);
-                                let svc = svc.clone();
-                                actix_web::rt::spawn(async move {
-                                    let _ = svc.call(stream).await;
-                                });
-                            }
-                        }
-                    }
-                })
+                Box::pin(serve_here(listener, app, max_connections, stop))
             });
             let background = CancellationToken::new();
             spawn_background(&hub, &settings, &background, announcer);
-            tracing::info!(node = %node_id, port, clustered, "node built (one thread)");
+            tracing::info!(node = %node_id, port, clustered, "node built (single thread)");
             return Ok(Self {
                 port,
                 server: Serving::Here(here),
@@ -301,20 +357,20 @@ impl Application {
             });
         }
         let server = HttpServer::new(app)
-        // Frames are small and latency-bound: without TCP_NODELAY, Nagle's algorithm holds a
-        // frame back until the client's delayed ACK (up to 40 ms on Linux).
-        .on_connect(|conn, _ext| {
-            if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
-                let _ = tcp.set_nodelay(true);
-            }
-        })
-        .workers(workers)
-        .max_connections(settings.server.max_connections_per_worker)
-        .disable_signals()
-        .shutdown_timeout(settings.shutdown.drain_timeout_secs)
-        .listen(listener)
-        .map_err(|e| startup_err("listening", e))?
-        .run();
+            // Frames are small and latency-bound: without TCP_NODELAY, Nagle's algorithm holds a
+            // frame back until the client's delayed ACK (up to 40 ms on Linux).
+            .on_connect(|conn, _ext| {
+                if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+                    let _ = tcp.set_nodelay(true);
+                }
+            })
+            .workers(workers)
+            .max_connections(settings.server.max_connections_per_worker)
+            .disable_signals()
+            .shutdown_timeout(settings.shutdown.drain_timeout_secs)
+            .listen(listener)
+            .map_err(|e| startup_err("listening", e))?
+            .run();
 
         let background = CancellationToken::new();
         spawn_background(&hub, &settings, &background, announcer);
@@ -450,7 +506,11 @@ fn memory_backends(settings: &Settings, keys: &Keys, inbound: &Arc<dyn Inbound>)
     }
 }
 
-async fn drain(state: &AppState, handle: Option<&ServerHandle>, accept: Option<&CancellationToken>) {
+async fn drain(
+    state: &AppState,
+    handle: Option<&ServerHandle>,
+    accept: Option<&CancellationToken>,
+) {
     let deadline = Instant::now() + Duration::from_secs(state.settings.shutdown.drain_timeout_secs);
     tracing::info!(node = %state.node_id, "draining");
     state.draining.store(true, Ordering::Release);

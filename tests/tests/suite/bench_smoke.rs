@@ -5,6 +5,7 @@
 use confab_bench::fanout::{self, FanoutConfig};
 use confab_bench::storm::{self, StormConfig};
 use confab_bench::target::Node;
+use confab_tests::process::NodeProcess;
 use confab_tests::{Backend, Cluster};
 use std::time::Duration;
 
@@ -109,4 +110,102 @@ async fn a_small_reconnect_storm_resumes_everyone_without_loss() {
         "the messages stored while away were replayed: {r:?}"
     );
     c.stop().await;
+}
+
+/// The names of a process's threads.
+fn thread_names(pid: u32) -> Vec<String> {
+    let dir = format!("/proc/{pid}/task");
+    let tasks = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{dir}: {e}"));
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_owned())
+        .collect()
+}
+
+/// `server.single_thread`: two node processes that serve everything on their own thread (no
+/// actix worker, no acceptor thread) deliver every message of a small fanout exactly once, and
+/// drain and exit cleanly on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_single_thread_node_processes_deliver_every_message_once_and_drain() {
+    let db = confab_tests::create_database(&confab_tests::pg_admin_url()).await;
+    let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
+    let envs = |name: &str| -> Vec<(&'static str, String)> {
+        vec![
+            ("CONFAB__SERVER__SINGLE_THREAD", "true".into()),
+            ("CONFAB__DATABASE__URL", db.clone()),
+            ("CONFAB__DATABASE__MAX_CONNECTIONS", "10".into()),
+            ("CONFAB__REDIS__URL", confab_tests::redis_url()),
+            ("CONFAB__REDIS__KEY_PREFIX", prefix.clone()),
+            ("CONFAB__NODE__ID", format!("{prefix}-{name}")),
+            ("CONFAB__AUTH__ARGON2_MEMORY_KIB", "256".into()),
+            ("CONFAB__AUTH__ARGON2_ITERATIONS", "1".into()),
+            ("CONFAB__LIMITS__FRAMES_PER_SEC", "100000".into()),
+            ("CONFAB__LIMITS__FRAMES_BURST", "100000".into()),
+            ("CONFAB__LIMITS__USER_SENDS_PER_SEC", "100000".into()),
+            ("CONFAB__LIMITS__USER_SENDS_BURST", "100000".into()),
+            ("CONFAB__SHUTDOWN__DRAIN_TIMEOUT_SECS", "5".into()),
+        ]
+    };
+    let mut procs = vec![
+        NodeProcess::start(&envs("a")).await,
+        NodeProcess::start(&envs("b")).await,
+    ];
+    for p in &procs {
+        let names = thread_names(p.child.id());
+        assert!(
+            names.iter().all(|n| !n.starts_with("actix-")),
+            "a single-thread node runs no actix worker or acceptor thread: {names:?}"
+        );
+    }
+    let nodes: Vec<Node> = procs
+        .iter()
+        .map(|p| Node::parse(&p.http_base()).unwrap_or_else(|e| panic!("node url: {e}")))
+        .collect();
+    let mut cfg = FanoutConfig::new(nodes);
+    cfg.clients = 40;
+    cfg.room_size = 5;
+    cfg.rate = 200.0;
+    cfg.warmup = Duration::from_millis(500);
+    cfg.duration = Duration::from_secs(2);
+    cfg.drain = Duration::from_secs(15);
+    cfg.metrics = procs.iter().map(|p| p.http_base()).collect();
+    cfg.label = "single-thread".into();
+    let r = fanout::run(&cfg)
+        .await
+        .unwrap_or_else(|e| panic!("fanout failed: {e}"));
+    eprintln!("{}", r.summary());
+    assert!(r.sent_total >= 400, "{r:?}");
+    assert_eq!(r.acked_total, r.sent_total, "{r:?}");
+    assert_eq!(r.expected_deliveries, r.acked_total * 4, "{r:?}");
+    assert_eq!(r.delivered, r.expected_deliveries, "{r:?}");
+    assert_eq!((r.lost, r.duplicated, r.out_of_order), (0, 0, 0), "{r:?}");
+    assert!(r.clean(), "{r:?}");
+    for m in &r.metrics {
+        let delivered = m
+            .counters
+            .get("confab_messages_delivered_total")
+            .copied()
+            .unwrap_or(0.0);
+        assert!(delivered > 0.0, "node {} delivered nothing: {m:?}", m.url);
+    }
+
+    // SIGTERM: the drain runs and the process exits by itself, successfully.
+    for p in &mut procs {
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(p.child.id().to_string())
+            .status();
+    }
+    for p in &mut procs {
+        let mut status = None;
+        for _ in 0..200 {
+            if let Ok(Some(s)) = p.child.try_wait() {
+                status = Some(s);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let status = status.unwrap_or_else(|| panic!("node {} did not exit within 20 s", p.port));
+        assert!(status.success(), "node {} exited with {status}", p.port);
+    }
 }
