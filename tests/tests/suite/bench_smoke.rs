@@ -22,6 +22,32 @@ async fn unlimited_cluster() -> Cluster {
     .await
 }
 
+/// The smoke run's fanout: 40 clients in rooms of 5, 200 msgs/s for 2.5 s.
+fn small_fanout(nodes: Vec<Node>, metrics: Vec<String>, label: &str) -> FanoutConfig {
+    let mut cfg = FanoutConfig::new(nodes);
+    cfg.clients = 40;
+    cfg.room_size = 5;
+    cfg.rate = 200.0;
+    cfg.warmup = Duration::from_millis(500);
+    cfg.duration = Duration::from_secs(2);
+    cfg.drain = Duration::from_secs(15);
+    cfg.metrics = metrics;
+    cfg.label = label.into();
+    cfg
+}
+
+/// Members sit on every node, so every node delivered (its scrape says so).
+fn every_node_delivered(r: &fanout::FanoutReport) {
+    for m in &r.metrics {
+        let delivered = m
+            .counters
+            .get("confab_messages_delivered_total")
+            .copied()
+            .unwrap_or(0.0);
+        assert!(delivered > 0.0, "node {} delivered nothing: {m:?}", m.url);
+    }
+}
+
 fn nodes(c: &Cluster) -> Vec<Node> {
     c.nodes
         .iter()
@@ -32,15 +58,11 @@ fn nodes(c: &Cluster) -> Vec<Node> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_fanout_across_two_nodes_delivers_every_message_once() {
     let c = unlimited_cluster().await;
-    let mut cfg = FanoutConfig::new(nodes(&c));
-    cfg.clients = 40;
-    cfg.room_size = 5;
-    cfg.rate = 200.0;
-    cfg.warmup = Duration::from_millis(500);
-    cfg.duration = Duration::from_secs(2);
-    cfg.drain = Duration::from_secs(15);
-    cfg.metrics = c.nodes.iter().map(|n| n.http_base()).collect();
-    cfg.label = "smoke".into();
+    let cfg = small_fanout(
+        nodes(&c),
+        c.nodes.iter().map(|n| n.http_base()).collect(),
+        "smoke",
+    );
     let r = fanout::run(&cfg)
         .await
         .unwrap_or_else(|e| panic!("fanout failed: {e}"));
@@ -64,16 +86,8 @@ async fn a_small_fanout_across_two_nodes_delivers_every_message_once() {
     assert!(r.drained);
     assert!(r.clean());
     assert!(r.latency_ms.count > 0, "measured-window latencies recorded");
-    // Members sit on both nodes, so both nodes delivered (the scrape saw it).
     assert_eq!(r.metrics.len(), 2);
-    for m in &r.metrics {
-        let delivered = m
-            .counters
-            .get("confab_messages_delivered_total")
-            .copied()
-            .unwrap_or(0.0);
-        assert!(delivered > 0.0, "node {} delivered nothing: {m:?}", m.url);
-    }
+    every_node_delivered(&r);
     c.stop().await;
 }
 
@@ -161,15 +175,11 @@ async fn two_single_thread_node_processes_deliver_every_message_once_and_drain()
         .iter()
         .map(|p| Node::parse(&p.http_base()).unwrap_or_else(|e| panic!("node url: {e}")))
         .collect();
-    let mut cfg = FanoutConfig::new(nodes);
-    cfg.clients = 40;
-    cfg.room_size = 5;
-    cfg.rate = 200.0;
-    cfg.warmup = Duration::from_millis(500);
-    cfg.duration = Duration::from_secs(2);
-    cfg.drain = Duration::from_secs(15);
-    cfg.metrics = procs.iter().map(|p| p.http_base()).collect();
-    cfg.label = "single-thread".into();
+    let cfg = small_fanout(
+        nodes,
+        procs.iter().map(|p| p.http_base()).collect(),
+        "single-thread",
+    );
     let r = fanout::run(&cfg)
         .await
         .unwrap_or_else(|e| panic!("fanout failed: {e}"));
@@ -180,14 +190,7 @@ async fn two_single_thread_node_processes_deliver_every_message_once_and_drain()
     assert_eq!(r.delivered, r.expected_deliveries, "{r:?}");
     assert_eq!((r.lost, r.duplicated, r.out_of_order), (0, 0, 0), "{r:?}");
     assert!(r.clean(), "{r:?}");
-    for m in &r.metrics {
-        let delivered = m
-            .counters
-            .get("confab_messages_delivered_total")
-            .copied()
-            .unwrap_or(0.0);
-        assert!(delivered > 0.0, "node {} delivered nothing: {m:?}", m.url);
-    }
+    every_node_delivered(&r);
 
     // SIGTERM: the drain runs and the process exits by itself, successfully.
     for p in &mut procs {
