@@ -23,6 +23,7 @@ pub mod ratelimit;
 pub mod redis_shared;
 pub mod routes;
 pub mod session;
+pub mod single_thread;
 pub mod startup;
 pub mod state;
 pub mod telemetry;

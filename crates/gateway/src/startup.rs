@@ -11,6 +11,7 @@ use crate::lookups::Lookups;
 use crate::metrics::Metrics;
 use crate::presence::{Announcer, MemoryPresence, Presence, RedisPresence};
 use crate::ratelimit::TokenBucket;
+use crate::single_thread;
 use crate::state::AppState;
 use actix_web::dev::{Server, ServerHandle, Service};
 use actix_web::{web, App, HttpServer};
@@ -23,92 +24,12 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// Serve HTTP and WebSocket connections on this thread (`server.single_thread`): what an actix
-/// worker does — one HTTP/1 dispatcher task per connection, with the same timeouts as
-/// `HttpServer`'s defaults — without the worker thread, and without the accept thread that hands
-/// it connections. At most `max_connections` at once: beyond it, new ones wait in the kernel's
-/// backlog, as with `HttpServer`. Returns when `stop` is cancelled (the drain), leaving the open
-/// connections to finish.
-async fn serve_here<F, I, S, Bd>(
-    listener: std::net::TcpListener,
-    app: F,
-    max_connections: usize,
-    stop: CancellationToken,
-) -> std::io::Result<()>
-where
-    F: Fn() -> I,
-    I: actix_service::IntoServiceFactory<S, actix_http::Request>,
-    S: actix_service::ServiceFactory<actix_http::Request, Config = actix_web::dev::AppConfig>
-        + 'static,
-    S::Error: Into<actix_web::Error> + 'static,
-    S::InitError: std::fmt::Debug,
-    S::Response: Into<actix_http::Response<Bd>> + 'static,
-    Bd: actix_web::body::MessageBody + 'static,
-{
-    use actix_service::{Service as _, ServiceFactory as _, ServiceFactoryExt as _};
-    let addr = listener.local_addr()?;
-    let factory = actix_http::HttpService::build()
-        .keep_alive(actix_http::KeepAlive::Timeout(Duration::from_secs(5)))
-        .client_request_timeout(Duration::from_secs(5))
-        .client_disconnect_timeout(Duration::from_secs(1))
-        .h1_allow_half_closed(true)
-        .local_addr(addr)
-        .finish(actix_service::map_config(
-            app()
-                .into_factory()
-                .map_err(|err| err.into().error_response()),
-            |_| actix_web::dev::AppConfig::default(),
-        ))
-        .tcp();
-    let service = std::rc::Rc::new(
-        factory
-            .new_service(())
-            .await
-            .map_err(|_| std::io::Error::other("building the HTTP service"))?,
-    );
-    listener.set_nonblocking(true)?;
-    let listener = tokio::net::TcpListener::from_std(listener)?;
-    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
-    loop {
-        let slot = tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
-            slot = slots.clone().acquire_owned() => slot,
-        };
-        let Ok(slot) = slot else {
-            return Ok(());
-        };
-        let stream = tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait a little instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        // As `HttpServer` is set up: frames are small and latency-bound.
-        let _ = stream.set_nodelay(true);
-        let service = service.clone();
-        actix_web::rt::spawn(async move {
-            let _ = service.call(stream).await;
-            drop(slot);
-        });
-    }
-}
-
-type StartHere = Box<
-    dyn FnOnce(
-            CancellationToken,
-        ) -> futures_util::future::LocalBoxFuture<'static, std::io::Result<()>>
-        + Send,
->;
-
+/// How a built node serves: actix worker threads, or its own thread (`server.single_thread`).
 enum Serving {
+    /// `HttpServer`: an acceptor thread and `server.workers` worker threads.
     Workers(Server),
-    Here(StartHere),
+    /// [`single_thread::serve`], started on the node's own thread when it runs.
+    Here(single_thread::StartHere),
 }
 
 fn spawn_background(
@@ -342,8 +263,8 @@ impl Application {
                 ));
             }
             let max_connections = settings.server.max_connections_per_worker.max(1);
-            let here: StartHere = Box::new(move |stop: CancellationToken| {
-                Box::pin(serve_here(listener, app, max_connections, stop))
+            let here: single_thread::StartHere = Box::new(move |stop: CancellationToken| {
+                Box::pin(single_thread::serve(listener, app, max_connections, stop))
             });
             let background = CancellationToken::new();
             spawn_background(&hub, &settings, &background, announcer);
