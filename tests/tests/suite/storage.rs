@@ -467,16 +467,8 @@ async fn a_lingering_writer_fills_small_batches_under_load_and_never_delays_a_lo
 
 /// A store on a fresh, migrated Postgres database, on a pool of `connections`.
 async fn fresh_store(connections: u32) -> confab_persistence::Store {
-    use confab_persistence::{Store, StoreOptions};
     let url = confab_tests::create_database(&confab_tests::pg_admin_url()).await;
-    Store::connect(&StoreOptions {
-        url,
-        max_connections: connections,
-        acquire_timeout: std::time::Duration::from_secs(10),
-        migrate: true,
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}"))
+    fresh_store_at(&url, connections).await
 }
 
 /// `n` new users named `<prefix><index>`.
