@@ -39,8 +39,20 @@ pub struct NodeProcess {
 impl NodeProcess {
     /// Start `confab` with these environment overrides and wait until `/healthz` answers.
     pub async fn start(envs: &[(&str, String)]) -> NodeProcess {
+        Self::spawn(Command::new(confab_binary()), envs).await
+    }
+
+    /// [`NodeProcess::start`], the process allowed on one CPU only (`taskset -c 0`): what a
+    /// container with a CPU limit of 1 looks like to it (its available parallelism is 1).
+    pub async fn start_on_one_cpu(envs: &[(&str, String)]) -> NodeProcess {
+        let mut cmd = Command::new("taskset");
+        // taskset execs confab in its own place: the child's pid is confab's.
+        cmd.arg("-c").arg("0").arg(confab_binary());
+        Self::spawn(cmd, envs).await
+    }
+
+    async fn spawn(mut cmd: Command, envs: &[(&str, String)]) -> NodeProcess {
         let port = free_port();
-        let mut cmd = Command::new(confab_binary());
         cmd.env("CONFAB__SERVER__PORT", port.to_string())
             .env("CONFAB__SERVER__HOST", "127.0.0.1")
             .env("CONFAB__SERVER__WORKERS", "1")

@@ -49,12 +49,55 @@ pub struct ServerSettings {
     pub workers: usize,
     /// Serve on the node's own thread (the binary's runtime), with no worker threads: every
     /// hop between sessions, the broker, the database writers and Redis stays on one thread.
-    /// `workers` is then ignored; run one node process per core.
-    pub single_thread: bool,
+    /// `workers` is then ignored; run one node process per core. `auto` chooses it when the
+    /// node has one CPU (see [`SingleThread::Auto`]).
+    pub single_thread: SingleThread,
     /// Listen backlog (pending connections).
     pub backlog: u32,
     /// Maximum concurrent connections per worker.
     pub max_connections_per_worker: usize,
+}
+
+/// `server.single_thread`: `true`, `false` or `"auto"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "BoolOrText")]
+pub enum SingleThread {
+    /// On the node's own thread when this process has one CPU to run on (its available
+    /// parallelism, which counts the CPU affinity mask and a cgroup CPU quota such as a
+    /// Kubernetes CPU limit of 1), `workers` asks for no more than one thread, and the node runs
+    /// in the confab binary's runtime; otherwise on worker threads.
+    Auto,
+    /// Always on the node's own thread (start-up fails outside the confab binary's runtime).
+    On,
+    /// Always on actix worker threads.
+    Off,
+}
+
+/// What `single_thread` may be written as: a boolean, or its text (an environment variable).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum BoolOrText {
+    Bool(bool),
+    Text(String),
+}
+
+impl TryFrom<BoolOrText> for SingleThread {
+    type Error = String;
+
+    fn try_from(v: BoolOrText) -> Result<Self, Self::Error> {
+        match v {
+            BoolOrText::Bool(true) => Ok(Self::On),
+            BoolOrText::Bool(false) => Ok(Self::Off),
+            BoolOrText::Text(t) => match t.to_ascii_lowercase().as_str() {
+                "auto" => Ok(Self::Auto),
+                "true" => Ok(Self::On),
+                "false" => Ok(Self::Off),
+                other => Err(format!(
+                    "single_thread must be true, false or \"auto\", not {other:?}"
+                )),
+            },
+        }
+    }
 }
 
 /// Node identity.
@@ -320,4 +363,32 @@ impl Settings {
 /// Milliseconds to a `Duration`.
 pub fn ms(v: u64) -> Duration {
     Duration::from_millis(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn single_thread(value: &str) -> Result<SingleThread, config::ConfigError> {
+        let none = std::env::temp_dir().join("confab-no-config-single-thread");
+        Settings::load_from_vars(
+            &none,
+            [("CONFAB__SERVER__SINGLE_THREAD".to_owned(), value.to_owned())],
+        )
+        .map(|s| s.server.single_thread)
+    }
+
+    #[test]
+    fn single_thread_is_auto_by_default_and_takes_booleans_or_auto() {
+        let defaults = Settings::defaults().unwrap_or_else(|e| panic!("defaults: {e}"));
+        assert_eq!(defaults.server.single_thread, SingleThread::Auto);
+        assert_eq!(single_thread("true").ok(), Some(SingleThread::On));
+        assert_eq!(single_thread("false").ok(), Some(SingleThread::Off));
+        assert_eq!(single_thread("AUTO").ok(), Some(SingleThread::Auto));
+        let e = single_thread("sometimes").err().map(|e| e.to_string());
+        assert!(
+            e.as_deref().is_some_and(|e| e.contains("true, false or")),
+            "{e:?}"
+        );
+    }
 }

@@ -253,15 +253,16 @@ impl Application {
                     Err::<actix_web::HttpResponse, _>(Error::NotFound("route"))
                 }))
         };
-        if settings.server.single_thread {
-            // Only the binary's runtime (an actix System: a LocalSet on the main thread) can run
-            // sessions here; a plain tokio runtime (an embedding, a test) cannot.
-            if actix_web::rt::System::try_current().is_none() {
-                return Err(startup_err(
-                    "server.single_thread",
-                    "needs the confab binary's runtime (an actix System)",
-                ));
-            }
+        // Only the binary's runtime (an actix System: a LocalSet on the main thread) can run
+        // sessions on this thread; a plain tokio runtime (an embedding, a test) cannot.
+        let here = single_thread::chosen(
+            settings.server.single_thread,
+            settings.server.workers,
+            std::thread::available_parallelism().map_or(2, |n| n.get()),
+            actix_web::rt::System::try_current().is_some(),
+        )
+        .map_err(|e| startup_err("server.single_thread", e))?;
+        if here {
             let max_connections = settings.server.max_connections_per_worker.max(1);
             let here: single_thread::StartHere = Box::new(move |stop: CancellationToken| {
                 Box::pin(single_thread::serve(listener, app, max_connections, stop))

@@ -138,14 +138,15 @@ fn thread_names(pid: u32) -> Vec<String> {
 
 /// `server.single_thread`: two node processes that serve everything on their own thread (no
 /// actix worker, no acceptor thread) deliver every message of a small fanout exactly once, and
-/// drain and exit cleanly on SIGTERM.
+/// drain and exit cleanly on SIGTERM. One is told to (`true`); the other chooses it (`auto`, the
+/// default) because it may run on one CPU only — while a default node with two CPUs keeps its
+/// worker threads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_single_thread_node_processes_deliver_every_message_once_and_drain() {
     let db = confab_tests::create_database(&confab_tests::pg_admin_url()).await;
     let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
     let envs = |name: &str| -> Vec<(&'static str, String)> {
         vec![
-            ("CONFAB__SERVER__SINGLE_THREAD", "true".into()),
             ("CONFAB__DATABASE__URL", db.clone()),
             ("CONFAB__DATABASE__MAX_CONNECTIONS", "10".into()),
             ("CONFAB__REDIS__URL", confab_tests::redis_url()),
@@ -160,15 +161,30 @@ async fn two_single_thread_node_processes_deliver_every_message_once_and_drain()
             ("CONFAB__SHUTDOWN__DRAIN_TIMEOUT_SECS", "5".into()),
         ]
     };
+    let told = [
+        envs("a"),
+        vec![("CONFAB__SERVER__SINGLE_THREAD", "true".into())],
+    ]
+    .concat();
     let mut procs = vec![
-        NodeProcess::start(&envs("a")).await,
-        NodeProcess::start(&envs("b")).await,
+        NodeProcess::start(&told).await,
+        NodeProcess::start_on_one_cpu(&envs("b")).await,
     ];
     for p in &procs {
         let names = thread_names(p.child.id());
         assert!(
             names.iter().all(|n| !n.starts_with("actix-")),
             "a single-thread node runs no actix worker or acceptor thread: {names:?}"
+        );
+    }
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) > 1 {
+        // `auto` with more than one CPU: actix's threads, as before.
+        let mut threaded = NodeProcess::start(&envs("c")).await;
+        let names = thread_names(threaded.child.id());
+        threaded.kill9();
+        assert!(
+            names.iter().any(|n| n.starts_with("actix-")),
+            "a node with two CPUs keeps its worker threads: {names:?}"
         );
     }
     let nodes: Vec<Node> = procs

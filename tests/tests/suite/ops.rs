@@ -637,7 +637,10 @@ fn default_toml_settings() -> Vec<TomlSetting> {
 
 /// A value different from `literal`, of the same type, for an environment variable.
 fn changed_value(literal: &str, key: &str) -> String {
-    if literal.starts_with('"') {
+    if key == "single_thread" {
+        // `"auto"`, `true` or `false`: not free text.
+        "true".into()
+    } else if literal.starts_with('"') {
         format!("env-{key}")
     } else if literal == "true" || literal == "false" {
         (literal != "true").to_string()
