@@ -10,6 +10,9 @@
 //! of deliveries; when idle, latency is one wake-up, as before.
 //!
 //! Order is kept: every push to a session goes through its worker's mailbox, first in, first out.
+//!
+//! A node serving on one thread (`server.single_thread`) has no worker threads, and its sessions
+//! take no mailbox: the broker's reader runs on their thread and queues to them itself.
 
 use crate::hub::{Outbound, SessionShared};
 use crate::outbox::Outbox;

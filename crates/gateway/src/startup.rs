@@ -107,6 +107,15 @@ impl Application {
                 "redis.url is set but database.url is empty: a cluster needs Postgres".into(),
             ));
         }
+        // Only the binary's runtime (an actix System: a LocalSet on the main thread) can run
+        // sessions on this thread; a plain tokio runtime (an embedding, a test) cannot.
+        let single_thread = single_thread::chosen(
+            settings.server.single_thread,
+            settings.server.workers,
+            std::thread::available_parallelism().map_or(2, |n| n.get()),
+            actix_web::rt::System::try_current().is_some(),
+        )
+        .map_err(|e| startup_err("server.single_thread", e))?;
         let node_id = if settings.node.id.is_empty() {
             format!("node-{:08x}", rand::random::<u32>())
         } else {
@@ -196,6 +205,7 @@ impl Application {
             user_buckets: Mutex::new(Default::default()),
             tracker: TaskTracker::new(),
             redis_pool,
+            single_thread,
         });
 
         // Before serving: forget the sessions a previous life under this node name left behind,
@@ -253,16 +263,7 @@ impl Application {
                     Err::<actix_web::HttpResponse, _>(Error::NotFound("route"))
                 }))
         };
-        // Only the binary's runtime (an actix System: a LocalSet on the main thread) can run
-        // sessions on this thread; a plain tokio runtime (an embedding, a test) cannot.
-        let here = single_thread::chosen(
-            settings.server.single_thread,
-            settings.server.workers,
-            std::thread::available_parallelism().map_or(2, |n| n.get()),
-            actix_web::rt::System::try_current().is_some(),
-        )
-        .map_err(|e| startup_err("server.single_thread", e))?;
-        if here {
+        if single_thread {
             let max_connections = settings.server.max_connections_per_worker.max(1);
             let here: single_thread::StartHere = Box::new(move |stop: CancellationToken| {
                 Box::pin(single_thread::serve(listener, app, max_connections, stop))

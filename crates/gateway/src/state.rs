@@ -47,6 +47,9 @@ pub struct AppState {
     pub tracker: TaskTracker,
     /// Redis command pool, when clustered (for readiness).
     pub redis_pool: Option<deadpool_redis::Pool>,
+    /// The node serves on its own thread (`server.single_thread`): sessions, the broker and the
+    /// writers share it, so deliveries need no hand-off between threads.
+    pub single_thread: bool,
 }
 
 impl AppState {
