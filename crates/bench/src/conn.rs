@@ -22,7 +22,10 @@ pub struct ConnectOpts {
     pub source: Option<Ipv4Addr>,
     /// Ask the server to hold live delivery until a `resume` frame (`&resume=1`).
     pub resume: bool,
-    /// The client's read buffer (small for idle connections, larger for busy ones).
+    /// The client's read buffer. tungstenite zero-fills all of it before every read (also the
+    /// read that finds nothing), so it is kept small: with 16 KiB, `memset` was 5 % of the
+    /// load generator's CPU at 90,000 deliveries/s. Larger frames still arrive whole (the
+    /// buffer grows for them); frames here are a few hundred bytes.
     pub read_buffer: usize,
     /// Bound on TCP connect + upgrade + `hello`.
     pub timeout: Duration,
@@ -33,7 +36,7 @@ impl Default for ConnectOpts {
         Self {
             source: None,
             resume: false,
-            read_buffer: 16 * 1024,
+            read_buffer: 4 * 1024,
             timeout: Duration::from_secs(30),
         }
     }
