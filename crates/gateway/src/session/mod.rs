@@ -99,7 +99,7 @@ pub async fn run(
     // hand-off off: the broker's thread then queues to each session directly). A node on one
     // thread has no other thread to hand to: the broker queues to its sessions itself, which
     // saves a lock, a queue and a task turn per delivery (measured, two single-thread nodes at
-    // 10,000 msgs/s, 4 paired rounds: node CPU 8.32 → 7.62 s on average, lower in each pair).
+    // 10,000 msgs/s, 9 paired rounds: node CPU 8.28 → 7.87 s on average, lower in 7 pairs).
     let max = settings.delivery.worker_mailbox_max;
     let mailbox = (max > 0 && !state.single_thread).then(|| Mailbox::current(max));
     let port = Port::new(
