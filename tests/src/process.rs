@@ -42,12 +42,13 @@ impl NodeProcess {
         Self::spawn(Command::new(confab_binary()), envs).await
     }
 
-    /// [`NodeProcess::start`], the process allowed on one CPU only (`taskset -c 0`): what a
-    /// container with a CPU limit of 1 looks like to it (its available parallelism is 1).
+    /// [`NodeProcess::start`], the process allowed on one CPU only (`taskset -c N`, N the first
+    /// CPU this process may use): what a container with a CPU limit of 1 looks like to it (its
+    /// available parallelism is 1).
     pub async fn start_on_one_cpu(envs: &[(&str, String)]) -> NodeProcess {
         let mut cmd = Command::new("taskset");
         // taskset execs confab in its own place: the child's pid is confab's.
-        cmd.arg("-c").arg("0").arg(confab_binary());
+        cmd.arg("-c").arg(first_allowed_cpu()).arg(confab_binary());
         Self::spawn(cmd, envs).await
     }
 
@@ -356,4 +357,22 @@ pub fn running_as_root() -> bool {
     std::fs::metadata("/proc/self")
         .map(|m| m.uid() == 0)
         .unwrap_or(false)
+}
+
+/// The first CPU this process may run on (`Cpus_allowed_list` of /proc/self/status, e.g.
+/// `0-1` or `2,5-7`): CPU 0 is not always among them in a container.
+fn first_allowed_cpu() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .and_then(|list| {
+            let first: String = list
+                .trim()
+                .chars()
+                .take_while(|c| c.is_ascii_digit())
+                .collect();
+            (!first.is_empty()).then_some(first)
+        })
+        .unwrap_or_else(|| "0".into())
 }
