@@ -70,8 +70,19 @@ run_side() {
   DB_URL=$(echo "$PG_ADMIN" | sed -E "s#^(postgres(ql)?://[^/]+)/[^?]*#\1/$DB_NAME#")
   [ -n "$db_query" ] && DB_URL="$DB_URL?$db_query"
   bench_node_env
+  # Threads as `make bench` sets them (scripts/bench.sh), whichever build is measured: `idle`'s
+  # node on its own thread, the other scenarios' nodes with their share of the cores.
+  case "$SCENARIO" in
+    idle) EXTRA_ENV=(CONFAB__SERVER__SINGLE_THREAD=true) ;;
+    *)
+      local w
+      w=$(shared_workers 2)
+      EXTRA_ENV=(CONFAB__SERVER__WORKERS="$w" CONFAB__SERVER__SINGLE_THREAD="$([ "$w" = 1 ] && echo true || echo false)")
+      ;;
+  esac
+  # Each side's own settings come last, so they win.
   # shellcheck disable=SC2206 # word splitting of the extra settings is what is wanted
-  EXTRA_ENV=($env_extra)
+  EXTRA_ENV+=($env_extra)
   [ -n "$config_dir" ] && EXTRA_ENV+=(CONFAB_CONFIG_DIR="$config_dir")
   start_nodes "$bin" "$dir" 2
   settle

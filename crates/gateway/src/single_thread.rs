@@ -14,24 +14,31 @@ use tokio_util::sync::CancellationToken;
 /// runtime; an embedding in a plain tokio runtime, such as the in-process test clusters, has
 /// none). `Err` when it is asked for where it cannot run.
 ///
-/// Why `auto` chooses it on one CPU: a node with one worker thread still runs the broker, the
-/// database writers and Redis on its main thread, and every hand-off between the two costs a
-/// wake-up and a context switch; with one CPU the second thread buys no parallelism, only those
-/// (measured: -24 % node CPU at 1,000 msgs/s, -15 % at 10,000, +11 % connects/s). With more
-/// CPUs, or more workers asked for, worker threads can use them; a single thread cannot.
+/// Why `auto` chooses it whenever the node would serve with one worker thread (`workers = 1`,
+/// or 0 on one CPU): that node still runs the broker, the database writers and Redis on its
+/// main thread, and every hand-off between the two costs a wake-up and a context switch. With
+/// one CPU the second thread buys no parallelism, only those (measured, each node pinned to a
+/// CPU: -21 % node CPU at 1,000 msgs/s, -18 % at 10,000). With one worker on a machine whose
+/// cores other processes share — `make cluster`'s and `make bench`'s nodes, a node beside its
+/// database — it bought none either (two unpinned nodes on 2 cores, Postgres, Redis and the
+/// load generator beside them: -18 % node CPU at 10,000 msgs/s; at 28,000, saturated, -11 %
+/// and p99 145 → 62 ms). More workers (asked for, or one per CPU) keep worker threads: a single
+/// thread cannot use a second core. A node given a core of its own beside a busy main thread
+/// can still ask for `false`.
 pub fn chosen(
     setting: SingleThread,
     workers: usize,
     cpus: usize,
     in_system: bool,
 ) -> Result<bool, &'static str> {
+    let serving_threads = if workers == 0 { cpus } else { workers };
     match setting {
         SingleThread::On if !in_system => {
             Err("needs the confab binary's runtime (an actix System)")
         }
         SingleThread::On => Ok(true),
         SingleThread::Off => Ok(false),
-        SingleThread::Auto => Ok(in_system && cpus <= 1 && workers <= 1),
+        SingleThread::Auto => Ok(in_system && serving_threads <= 1),
     }
 }
 
@@ -125,14 +132,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn auto_serves_on_one_thread_only_with_one_cpu_one_worker_and_a_system() {
+    fn auto_serves_on_one_thread_whenever_one_worker_would_serve() {
         use SingleThread::*;
         // One CPU, workers 0 (one per CPU) or 1: the node's own thread.
         assert_eq!(chosen(Auto, 0, 1, true), Ok(true));
         assert_eq!(chosen(Auto, 1, 1, true), Ok(true));
-        // More CPUs, or more workers asked for: worker threads.
+        // One worker asked for, whatever the CPUs: the node's own thread too.
+        assert_eq!(chosen(Auto, 1, 2, true), Ok(true));
+        assert_eq!(chosen(Auto, 1, 64, true), Ok(true));
+        // More workers, asked for or one per CPU: worker threads.
         assert_eq!(chosen(Auto, 0, 2, true), Ok(false));
-        assert_eq!(chosen(Auto, 1, 2, true), Ok(false));
         assert_eq!(chosen(Auto, 2, 1, true), Ok(false));
         // No actix System (an embedding): worker threads, quietly.
         assert_eq!(chosen(Auto, 0, 1, false), Ok(false));

@@ -138,9 +138,9 @@ fn thread_names(pid: u32) -> Vec<String> {
 
 /// `server.single_thread`: two node processes that serve everything on their own thread (no
 /// actix worker, no acceptor thread) deliver every message of a small fanout exactly once, and
-/// drain and exit cleanly on SIGTERM. One is told to (`true`); the other chooses it (`auto`, the
-/// default) because it may run on one CPU only — while a default node with two CPUs keeps its
-/// worker threads.
+/// drain and exit cleanly on SIGTERM. One is told to (`true`, with two workers asked for); the
+/// other chooses it (`auto`, the default) because it may run on one CPU only. With two CPUs,
+/// `auto` also chooses it for one worker asked for, and keeps worker threads for one per CPU.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_single_thread_node_processes_deliver_every_message_once_and_drain() {
     let db = confab_tests::create_database(&confab_tests::pg_admin_url()).await;
@@ -161,30 +161,49 @@ async fn two_single_thread_node_processes_deliver_every_message_once_and_drain()
             ("CONFAB__SHUTDOWN__DRAIN_TIMEOUT_SECS", "5".into()),
         ]
     };
-    let told = [
-        envs("a"),
-        vec![("CONFAB__SERVER__SINGLE_THREAD", "true".into())],
-    ]
-    .concat();
+    let with = |name: &str, extra: &[(&'static str, &str)]| {
+        let mut e = envs(name);
+        e.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
+        e
+    };
+    let told = with(
+        "a",
+        &[
+            ("CONFAB__SERVER__SINGLE_THREAD", "true"),
+            ("CONFAB__SERVER__WORKERS", "2"),
+        ],
+    );
     let mut procs = vec![
         NodeProcess::start(&told).await,
-        NodeProcess::start_on_one_cpu(&envs("b")).await,
+        NodeProcess::start_on_one_cpu(&with("b", &[("CONFAB__SERVER__WORKERS", "0")])).await,
     ];
-    for p in &procs {
+    let has_actix_threads = |p: &NodeProcess| {
         let names = thread_names(p.child.id());
+        (names.iter().any(|n| n.starts_with("actix-")), names)
+    };
+    for p in &procs {
+        let (threaded, names) = has_actix_threads(p);
         assert!(
-            names.iter().all(|n| !n.starts_with("actix-")),
+            !threaded,
             "a single-thread node runs no actix worker or acceptor thread: {names:?}"
         );
     }
     if std::thread::available_parallelism().map_or(1, |n| n.get()) > 1 {
-        // `auto` with more than one CPU: actix's threads, as before.
-        let mut threaded = NodeProcess::start(&envs("c")).await;
-        let names = thread_names(threaded.child.id());
-        threaded.kill9();
+        // `auto` with more than one CPU: one worker asked for serves on the node's own thread,
+        // one per CPU keeps actix's threads.
+        let mut one = NodeProcess::start(&with("c", &[("CONFAB__SERVER__WORKERS", "1")])).await;
+        let mut per_cpu = NodeProcess::start(&with("d", &[("CONFAB__SERVER__WORKERS", "0")])).await;
+        let (one_threaded, one_names) = has_actix_threads(&one);
+        let (per_cpu_threaded, per_cpu_names) = has_actix_threads(&per_cpu);
+        one.kill9();
+        per_cpu.kill9();
         assert!(
-            names.iter().any(|n| n.starts_with("actix-")),
-            "a node with two CPUs keeps its worker threads: {names:?}"
+            !one_threaded,
+            "one worker asked for: the node's own thread: {one_names:?}"
+        );
+        assert!(
+            per_cpu_threaded,
+            "a worker per CPU, two CPUs: worker threads: {per_cpu_names:?}"
         );
     }
     let nodes: Vec<Node> = procs
