@@ -8,14 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// Whether a node serves on its own thread, given `server.single_thread`, `server.workers` as
-/// configured (0: one per CPU), the CPUs this process may use (`cpus`, its available
-/// parallelism) and whether it runs in an actix System (`in_system`: the confab binary's
-/// runtime; an embedding in a plain tokio runtime, such as the in-process test clusters, has
-/// none). `Err` when it is asked for where it cannot run.
+/// Whether a node serves on its own thread, given `server.single_thread`, the worker threads
+/// that would serve otherwise (`workers`: `server.workers`, or when that is 0 the CPUs this
+/// process may use — its available parallelism) and whether it runs in an actix System
+/// (`in_system`: the confab binary's runtime; an embedding in a plain tokio runtime, such as the
+/// in-process test clusters, has none). `Err` when it is asked for where it cannot run.
 ///
-/// Why `auto` chooses it whenever the node would serve with one worker thread (`workers = 1`,
-/// or 0 on one CPU): that node still runs the broker, the database writers and Redis on its
+/// Why `auto` chooses it whenever one worker thread would serve (`server.workers = 1`, or 0 on
+/// one CPU): that node still runs the broker, the database writers and Redis on its
 /// main thread, and every hand-off between the two costs a wake-up and a context switch. With
 /// one CPU the second thread buys no parallelism, only those (measured, each node pinned to a
 /// CPU: -21 % node CPU at 1,000 msgs/s, -18 % at 10,000). With one worker on a machine whose
@@ -28,17 +28,15 @@ use tokio_util::sync::CancellationToken;
 pub fn chosen(
     setting: SingleThread,
     workers: usize,
-    cpus: usize,
     in_system: bool,
 ) -> Result<bool, &'static str> {
-    let serving_threads = if workers == 0 { cpus } else { workers };
     match setting {
         SingleThread::On if !in_system => {
             Err("needs the confab binary's runtime (an actix System)")
         }
         SingleThread::On => Ok(true),
         SingleThread::Off => Ok(false),
-        SingleThread::Auto => Ok(in_system && serving_threads <= 1),
+        SingleThread::Auto => Ok(in_system && workers <= 1),
     }
 }
 
@@ -134,20 +132,16 @@ mod tests {
     #[test]
     fn auto_serves_on_one_thread_whenever_one_worker_would_serve() {
         use SingleThread::*;
-        // One CPU, workers 0 (one per CPU) or 1: the node's own thread.
-        assert_eq!(chosen(Auto, 0, 1, true), Ok(true));
-        assert_eq!(chosen(Auto, 1, 1, true), Ok(true));
-        // One worker asked for, whatever the CPUs: the node's own thread too.
-        assert_eq!(chosen(Auto, 1, 2, true), Ok(true));
-        assert_eq!(chosen(Auto, 1, 64, true), Ok(true));
-        // More workers, asked for or one per CPU: worker threads.
-        assert_eq!(chosen(Auto, 0, 2, true), Ok(false));
-        assert_eq!(chosen(Auto, 2, 1, true), Ok(false));
+        // One worker (asked for, or one per CPU on one CPU): the node's own thread.
+        assert_eq!(chosen(Auto, 1, true), Ok(true));
+        // More: worker threads.
+        assert_eq!(chosen(Auto, 2, true), Ok(false));
+        assert_eq!(chosen(Auto, 64, true), Ok(false));
         // No actix System (an embedding): worker threads, quietly.
-        assert_eq!(chosen(Auto, 0, 1, false), Ok(false));
+        assert_eq!(chosen(Auto, 1, false), Ok(false));
         // Explicit choices win; `true` without a System is an error, not a silent fallback.
-        assert_eq!(chosen(On, 4, 8, true), Ok(true));
-        assert!(chosen(On, 1, 1, false).is_err());
-        assert_eq!(chosen(Off, 0, 1, true), Ok(false));
+        assert_eq!(chosen(On, 8, true), Ok(true));
+        assert!(chosen(On, 1, false).is_err());
+        assert_eq!(chosen(Off, 1, true), Ok(false));
     }
 }

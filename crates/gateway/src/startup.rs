@@ -107,15 +107,17 @@ impl Application {
                 "redis.url is set but database.url is empty: a cluster needs Postgres".into(),
             ));
         }
-        // The CPUs this process may use (affinity mask, cgroup quota): they size the workers and
-        // decide `single_thread = auto`.
-        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        // Worker threads: as configured, or one per CPU this process may use (affinity mask,
+        // cgroup quota). How many would serve also decides `single_thread = auto`.
+        let workers = match settings.server.workers {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        };
         // Only the binary's runtime (an actix System: a LocalSet on the main thread) can run
         // sessions on this thread; a plain tokio runtime (an embedding, a test) cannot.
         let single_thread = single_thread::chosen(
             settings.server.single_thread,
-            settings.server.workers,
-            cpus,
+            workers,
             actix_web::rt::System::try_current().is_some(),
         )
         .map_err(|e| startup_err("server.single_thread", e))?;
@@ -230,11 +232,6 @@ impl Application {
             .map_err(|e| startup_err("reading the bound address", e))?
             .port();
         let data = web::Data::from(state.clone());
-        let workers = if settings.server.workers == 0 {
-            cpus
-        } else {
-            settings.server.workers
-        };
         let app = move || {
             let metrics = data.metrics.clone();
             App::new()
