@@ -49,8 +49,8 @@ pub struct ServerSettings {
     pub workers: usize,
     /// Serve on the node's own thread (the binary's runtime), with no worker threads: every
     /// hop between sessions, the broker, the database writers and Redis stays on one thread.
-    /// `workers` is then ignored; run one node process per core. `auto` chooses it when the
-    /// node has one CPU (see [`SingleThread::Auto`]).
+    /// `workers` is then ignored; run one node process per core. `auto` chooses it when one
+    /// worker thread would serve (see [`SingleThread::Auto`]).
     pub single_thread: SingleThread,
     /// Listen backlog (pending connections).
     pub backlog: u32,
@@ -62,10 +62,10 @@ pub struct ServerSettings {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "BoolOrText")]
 pub enum SingleThread {
-    /// On the node's own thread when this process has one CPU to run on (its available
-    /// parallelism, which counts the CPU affinity mask and a cgroup CPU quota such as a
-    /// Kubernetes CPU limit of 1), `workers` asks for no more than one thread, and the node runs
-    /// in the confab binary's runtime; otherwise on worker threads.
+    /// On the node's own thread when one worker thread would serve — `workers = 1`, or 0 and
+    /// this process has one CPU to run on (its available parallelism, which counts the CPU
+    /// affinity mask and a cgroup CPU quota such as a Kubernetes CPU limit of 1) — and the node
+    /// runs in the confab binary's runtime; otherwise on worker threads.
     Auto,
     /// Always on the node's own thread (start-up fails outside the confab binary's runtime).
     On,
