@@ -77,7 +77,7 @@ run_side() {
     *)
       local w
       w=$(shared_workers 2)
-      EXTRA_ENV=(CONFAB__SERVER__WORKERS="$w" CONFAB__SERVER__SINGLE_THREAD="$([ "$w" = 1 ] && echo true || echo false)")
+      EXTRA_ENV=(CONFAB__SERVER__WORKERS="$w" CONFAB__SERVER__SINGLE_THREAD="$(single_thread_for "$w")")
       ;;
   esac
   # Each side's own settings come last, so they win.

@@ -132,7 +132,7 @@ run "$BENCH" idle --node "$N0" --setup-node "$N1" --pid "$P0" --connections "$ID
 # more deliveries per CPU-second in paired runs (docs/operations.md, "Scaling"). A node with one
 # core to itself serves on its own thread (`server.single_thread`): no worker thread, no hops.
 SHARED_WORKERS=$(shared_workers 2)
-SINGLE_THREAD=$([ "$SHARED_WORKERS" = 1 ] && echo true || echo false)
+SINGLE_THREAD=$(single_thread_for "$SHARED_WORKERS")
 stop_nodes
 EXTRA_ENV=(CONFAB__SERVER__WORKERS="$SHARED_WORKERS" CONFAB__SERVER__SINGLE_THREAD="$SINGLE_THREAD")
 echo "# the nodes restarted for every scenario below, on the same database and Redis prefix:" \

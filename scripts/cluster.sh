@@ -171,7 +171,7 @@ wait_ready() {
 # threads (docs/operations.md, "Scaling").
 workers="${CONFAB__SERVER__WORKERS:-$(shared_workers "$N")}"
 # A node with one core's share serves on its own thread: no worker thread to hand work to.
-single_thread="${CONFAB__SERVER__SINGLE_THREAD:-$([ "$workers" = 1 ] && echo true || echo false)}"
+single_thread="${CONFAB__SERVER__SINGLE_THREAD:-$(single_thread_for "$workers")}"
 
 for i in $(seq 1 "$N"); do
   port=${ports[$((i - 1))]}

@@ -86,6 +86,12 @@ shared_workers() {
   echo $((cores / $1 > 0 ? cores / $1 : 1))
 }
 
+# single_thread_for WORKERS: `server.single_thread` for a node with that many workers — true for
+# one (what `auto` chooses too; said explicitly so an older build is started the same way).
+single_thread_for() {
+  [ "$1" = 1 ] && echo true || echo false
+}
+
 # Busy CPUs over the next 3 s (the whole machine, from /proc/stat).
 busy_cpus() {
   local a b
