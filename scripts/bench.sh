@@ -175,6 +175,8 @@ run "$BENCH" history --node "$N0" --db-url "$DB_URL" --messages "$HIST_N" --requ
 # ---------- profile: where the nodes' CPU goes, at a rate they sustain and at 90k/s ----------
 profile_method="$dir/profile-method.md"
 PROFILE_ARGS=()
+# Counted beside the profile: socket writes and reads, event-loop waits, context switches.
+PERF_COUNTS=syscalls:sys_enter_sendto,syscalls:sys_enter_recvfrom,syscalls:sys_enter_epoll_wait,context-switches
 if perf record -e cpu-clock -o "$dir/perf.check" -- true >/dev/null 2>&1; then
   for rate in $PROFILE_RATES; do
     settle
@@ -186,25 +188,41 @@ if perf record -e cpu-clock -o "$dir/perf.check" -- true >/dev/null 2>&1; then
     fan=$!
     # Setup and connect take ~2 s; sample 10 s inside the 20 s of sending.
     sleep 9
+    # The system calls and context switches of the same 10 s, counted beside the sampling
+    # (the report divides them by the deliveries: writes per delivery, wake-ups per delivery).
+    perf stat -x, -e "$PERF_COUNTS" -p "$P0,$P1" -o "$dir/counts-$rate.txt" -- sleep 10 \
+      >/dev/null 2>&1 &
+    counting=$!
     perf record -e cpu-clock -F 999 -g -p "$P0,$P1" -o "$dir/perf-$rate.data" -- sleep 10 \
       >/dev/null 2>"$dir/perf-record-$rate.log" || true
+    wait "$counting" || true
     wait "$fan" || true
     cat "$dir/$label.log" >&2
     {
       echo "target/release/confab-bench fanout ${COMMON[*]} --clients 1000 --room-size 10 --rate $rate --warmup 8 --duration 12 --drain 5 --drain-max 20 --label $label &"
-      echo "sleep 9; perf record -e cpu-clock -F 999 -g -p $P0,$P1 -o perf-$rate.data -- sleep 10"
+      echo "sleep 9; perf stat -x, -e $PERF_COUNTS -p $P0,$P1 -o counts-$rate.txt -- sleep 10 &"
+      echo "perf record -e cpu-clock -F 999 -g -p $P0,$P1 -o perf-$rate.data -- sleep 10"
       echo "perf report -i perf-$rate.data --no-children --sort dso,sym --stdio -g none --percent-limit 0.4"
+      echo "perf report -i perf-$rate.data --no-children --sort dso --stdio -g none"
     } >>"$dir/commands.txt"
     perf report -i "$dir/perf-$rate.data" --no-children --sort dso,sym --stdio -g none \
       --percent-limit 0.4 2>/dev/null | grep -v '^#' | grep -v '^$' >"$dir/profile-$rate.txt" || true
-    PROFILE_ARGS+=(--profile "$label=$dir/profile-$rate.txt")
+    perf report -i "$dir/perf-$rate.data" --no-children --sort dso --stdio -g none \
+      2>/dev/null | grep -v '^#' | grep -v '^$' >"$dir/dso-$rate.txt" || true
+    PROFILE_ARGS+=(--profile "$label=$dir/profile-$rate.txt" --profile-dso "$label=$dir/dso-$rate.txt")
+    if [ -s "$dir/counts-$rate.txt" ]; then
+      PROFILE_ARGS+=(--counts "$label=$dir/counts-$rate.txt")
+    fi
   done
+  PROFILE_ARGS+=(--counts-window-s 10)
   echo "Sampled with \`perf record -e cpu-clock -F 999 -g -p <both node pids>\` for 10 s in the \
 middle of a fanout (rooms of 10, 1,000 clients; runs \`profile-*\` in the tables above, whose \
 figures are disturbed by the sampling and are not used for the targets). The VM exposes no \
 hardware counters, so the samples come from the kernel's CPU clock; a sample that falls while \
 interrupts are disabled is reported where they are re-enabled, so \`finish_task_switch\` and \
-\`_raw_spin_unlock_irqrestore\` stand for the whole context-switch and wake-up path." >"$profile_method"
+\`_raw_spin_unlock_irqrestore\` stand for the whole context-switch and wake-up path. Over the \
+same 10 s, \`perf stat -x, -e $PERF_COUNTS\` counted the nodes' system calls and context \
+switches (tracepoints, which slow each counted call a little)." >"$profile_method"
 else
   echo "\`perf\` cannot sample on this machine; the CPU split per process above (from /proc) is \
 the only profile." >"$profile_method"

@@ -236,6 +236,16 @@ struct ReportArgs {
     /// output), repeated.
     #[arg(long)]
     profile: Vec<String>,
+    /// The same profiles by shared object as `LABEL=FILE` (`perf report --sort dso`), repeated.
+    #[arg(long)]
+    profile_dso: Vec<String>,
+    /// System-call and context-switch counts of the gateway processes over a profiled run's
+    /// sampling window as `LABEL=FILE` (`perf stat -x,` output), repeated.
+    #[arg(long)]
+    counts: Vec<String>,
+    /// How long each `--counts` window lasted, seconds.
+    #[arg(long)]
+    counts_window_s: Option<f64>,
     /// Where to write the markdown.
     #[arg(long)]
     out: PathBuf,
@@ -360,24 +370,31 @@ async fn run(cmd: Cmd) -> Result<()> {
             let inputs = Inputs {
                 machine: read_opt(&a.machine),
                 commands: read_opt(&a.commands),
-                profiles: a
-                    .profile
-                    .iter()
-                    .filter_map(|p| p.split_once('='))
-                    .map(|(label, file)| {
-                        (
-                            label.to_owned(),
-                            std::fs::read_to_string(file).unwrap_or_default(),
-                        )
-                    })
-                    .collect(),
+                profiles: labelled_files(&a.profile),
                 profile_method: read_opt(&a.profile_method),
+                profile_dso: labelled_files(&a.profile_dso),
+                counts: labelled_files(&a.counts),
+                counts_window_s: a.counts_window_s,
             };
             std::fs::write(&a.out, report::render(&results, &inputs))?;
             eprintln!("wrote {}", a.out.display());
         }
     }
     Ok(())
+}
+
+/// `LABEL=FILE` arguments read into (label, the file's text); an unreadable file reads as
+/// empty (its part of the report is then left out).
+fn labelled_files(args: &[String]) -> Vec<(String, String)> {
+    args.iter()
+        .filter_map(|p| p.split_once('='))
+        .map(|(label, file)| {
+            (
+                label.to_owned(),
+                std::fs::read_to_string(file).unwrap_or_default(),
+            )
+        })
+        .collect()
 }
 
 fn main() {

@@ -12,6 +12,8 @@ use crate::storm::StormReport;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+mod why;
+
 /// Every result of a run, by scenario.
 #[derive(Default)]
 pub struct Results {
@@ -89,6 +91,13 @@ pub struct Inputs {
     pub profiles: Vec<(String, String)>,
     /// How the profile was taken.
     pub profile_method: String,
+    /// `perf report --sort dso` of the same profiled runs: (label, report text).
+    pub profile_dso: Vec<(String, String)>,
+    /// `perf stat -x,` system-call and context-switch counts of the gateway processes over
+    /// the profiled runs' sampling windows: (label, output).
+    pub counts: Vec<(String, String)>,
+    /// How long each `counts` window was, seconds.
+    pub counts_window_s: Option<f64>,
 }
 
 fn n0(v: f64) -> String {
@@ -170,6 +179,7 @@ pub fn render(results: &Results, inputs: &Inputs) -> String {
     let _ = writeln!(w, "\n## Where the time goes\n");
     time_summary(w, results, inputs);
     cpu_split(w, &results.fanout);
+    why::section(w, results, inputs);
     profile(w, inputs);
     let _ = writeln!(
         w,

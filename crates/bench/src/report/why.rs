@@ -1,0 +1,461 @@
+//! For each target the run missed: why, from this run's own measurements, and what would reach
+//! it. Issue 7 asks for this ("where a figure cannot be reached, show the profile that says why
+//! and what would reach it"); computed here rather than written by hand so that it follows the
+//! figures of whichever machine ran `make bench`, and says nothing it did not measure.
+//!
+//! Inputs, all from the same run: the fan-out runs' CPU split (`/proc`), the nodes' kernel share
+//! (`perf report --sort dso` of a profiled run) and their system-call counts over the same
+//! window (`perf stat`), and the ramp's steps.
+
+use super::{closest, metric_mean_ms, n0, Inputs, Results};
+use crate::fanout::FanoutReport;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+/// Deliveries per gateway CPU-second the efficiency target asks for.
+const EFFICIENCY_TARGET: f64 = 1_000_000.0;
+/// The p99 target at ~90k deliveries/s, in ms.
+const P99_TARGET_MS: f64 = 5.0;
+/// The loss-free ceiling the target asks for, deliveries/s.
+const CEILING_TARGET: f64 = 450_000.0;
+
+/// Share (0-100) of a `perf report --sort dso` listing that fell in the kernel; `None` when the
+/// listing has no percentage lines.
+pub fn kernel_share(dso_report: &str) -> Option<f64> {
+    let mut total = 0.0;
+    let mut kernel = 0.0;
+    for line in dso_report.lines() {
+        let line = line.trim();
+        let Some((pct, rest)) = line.split_once('%') else {
+            continue;
+        };
+        let Ok(pct) = pct.trim().parse::<f64>() else {
+            continue;
+        };
+        total += pct;
+        if rest.contains("kernel") {
+            kernel += pct;
+        }
+    }
+    (total > 0.0).then(|| kernel / total * 100.0)
+}
+
+/// Event → count from `perf stat -x,` output (`value,unit,event,…`); lines that are not
+/// counts (comments, `<not counted>`) are skipped.
+pub fn perf_counts(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let mut f = l.split(',');
+            let value = f.next()?.trim().parse::<f64>().ok()?;
+            let event = f.nth(1)?.trim();
+            (!event.is_empty()).then(|| (event.to_owned(), value))
+        })
+        .collect()
+}
+
+/// A count of the `perf stat` listing by the event's name without its tracepoint group
+/// (`syscalls:sys_enter_sendto` answers `sys_enter_sendto`).
+fn count(counts: &BTreeMap<String, f64>, name: &str) -> Option<f64> {
+    counts
+        .iter()
+        .find(|(k, _)| k.as_str() == name || k.rsplit(':').next() == Some(name))
+        .map(|(_, v)| *v)
+}
+
+/// Machine CPU-µs per delivery of a run, and the µs of each part (nodes, Postgres, Redis,
+/// load generator, other).
+fn per_delivery(f: &FanoutReport) -> Option<(f64, [(&'static str, f64); 5])> {
+    let deliveries = f.delivered_per_sec * f.duration_s;
+    if deliveries <= 0.0 || f.cpu.machine_cpu_s <= 0.0 {
+        return None;
+    }
+    let us = |cpu_s: f64| cpu_s / deliveries * 1e6;
+    let nodes = f.cpu.cpu_of("node");
+    let pg = f.cpu.cpu_of("postgres");
+    let redis = f.cpu.cpu_of("redis");
+    let bench = f.cpu.bench_cpu_s;
+    let other = (f.cpu.machine_cpu_s - nodes - pg - redis - bench).max(0.0);
+    Some((
+        us(f.cpu.machine_cpu_s),
+        [
+            ("the gateway nodes", us(nodes)),
+            ("Postgres", us(pg)),
+            ("Redis", us(redis)),
+            ("the load generator", us(bench)),
+            ("everything else", us(other)),
+        ],
+    ))
+}
+
+/// Runs that count for the latency and ceiling figures: rooms of 10, not sampled by perf.
+fn measured(r: &Results) -> impl Iterator<Item = &FanoutReport> {
+    r.fanout
+        .iter()
+        .chain(&r.ramp_steps)
+        .filter(|f| f.room_size == 10 && !f.label.starts_with("profile"))
+}
+
+/// The section; empty when every one of these targets was met or none was measured.
+pub fn section(w: &mut String, r: &Results, inputs: &Inputs) {
+    let mut body = String::new();
+    efficiency(&mut body, r, inputs);
+    latency(&mut body, r);
+    ceiling(&mut body, r);
+    if body.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        w,
+        "\n### Why the missed targets are missed, and what would reach them\n\nComputed from \
+         this run's measurements (the CPU split below, the profile and its system-call counts, \
+         the ramp).\n{body}"
+    );
+}
+
+fn efficiency(w: &mut String, r: &Results, inputs: &Inputs) {
+    let Some(f) = closest(&r.fanout, 90_000.0) else {
+        return;
+    };
+    if f.deliveries_per_server_cpu_s >= EFFICIENCY_TARGET || f.deliveries_per_server_cpu_s <= 0.0 {
+        return;
+    }
+    let per = 1e6 / f.deliveries_per_server_cpu_s;
+    let budget = 1e6 / EFFICIENCY_TARGET;
+    let _ = write!(
+        w,
+        "\n**Fan-out efficiency.** In `{}` the nodes spent {per:.2} µs of CPU per delivery; \
+         1,000,000 deliveries per CPU-second leaves {budget:.0} µs.",
+        f.label
+    );
+    // The profiled run at the same rate, if there is one, says how that time divides.
+    let rate_label = format!("profile-{:.0}", f.rate_offered);
+    let kernel = inputs
+        .profile_dso
+        .iter()
+        .find(|(l, _)| *l == rate_label)
+        .and_then(|(_, t)| kernel_share(t));
+    if let Some(k) = kernel {
+        let kernel_us = per * k / 100.0;
+        let user_us = per - kernel_us;
+        let _ = write!(
+            w,
+            " In `{rate_label}` (same rate, sampled) {k:.0}% of the nodes' CPU was the kernel's: \
+             {kernel_us:.2} µs per delivery in system calls, TCP over loopback and wake-ups, and \
+             {user_us:.2} µs in user space (Confab, actix, tokio, the allocator, JSON). {}",
+            if user_us > budget && kernel_us > budget {
+                "Either half alone is over the whole budget: no user-space change can reach \
+                 the target while the kernel's part stays as it is, nor the other way round."
+            } else if kernel_us > budget {
+                "The kernel's part alone is over the whole budget."
+            } else {
+                "Both halves would have to shrink."
+            }
+        );
+    }
+    let counts = inputs
+        .counts
+        .iter()
+        .find(|(l, _)| *l == rate_label)
+        .map(|(_, t)| perf_counts(t));
+    let profiled = r.fanout.iter().find(|p| p.label == rate_label);
+    if let (Some(counts), Some(p), Some(window)) = (counts, profiled, inputs.counts_window_s) {
+        let deliveries = p.delivered_per_sec * window;
+        if let (Some(sends), true) = (count(&counts, "sys_enter_sendto"), deliveries > 0.0) {
+            let per_write = deliveries / sends.max(1.0);
+            let _ = write!(
+                w,
+                " Over {window:.0} s of that run the two nodes made {} `sendto` calls for {} \
+                 deliveries ({per_write:.1} deliveries per socket write, counting the writes to \
+                 Postgres and Redis too)",
+                n0(sends),
+                n0(deliveries)
+            );
+            let waits = count(&counts, "sys_enter_epoll_wait");
+            let switches = count(&counts, "context-switches").or(count(&counts, "cs"));
+            if let (Some(e), Some(c)) = (waits, switches) {
+                let _ = write!(
+                    w,
+                    ", {:.0} `epoll_wait`s and {:.0} context switches per 1,000 deliveries",
+                    e / deliveries * 1000.0,
+                    c / deliveries * 1000.0
+                );
+            }
+            let _ = write!(w, ".");
+            if let Some(k) = kernel {
+                // Kernel time per write, from this run: what every delivery that needs a write
+                // of its own costs before Confab's code runs at all.
+                let kernel_per_write = per * k / 100.0 * per_write;
+                let _ = write!(
+                    w,
+                    " That is ≈ {kernel_per_write:.1} µs of kernel time per write: within {budget:.0} \
+                     µs per delivery, each write would have to carry ≥ {:.0} deliveries even if \
+                     user space cost nothing.",
+                    (kernel_per_write / budget).ceil()
+                );
+            }
+        }
+    }
+    // Under load writes fill up by themselves: the most efficient run of this benchmark.
+    if let Some(best) = measured(r)
+        .filter(|x| x.deliveries_per_server_cpu_s > f.deliveries_per_server_cpu_s)
+        .max_by(|a, b| {
+            a.deliveries_per_server_cpu_s
+                .total_cmp(&b.deliveries_per_server_cpu_s)
+        })
+    {
+        let _ = write!(
+            w,
+            " The most efficient run measured here is `{}` at {} msgs/s offered: {} deliveries              per gateway CPU-second ({}); the busier the nodes, the more deliveries share each              write and each wake-up.",
+            best.label,
+            n0(best.rate_offered),
+            n0(best.deliveries_per_server_cpu_s),
+            if best.lost == 0 && best.duplicated == 0 {
+                "nothing lost"
+            } else {
+                "with loss: past the ceiling"
+            }
+        );
+    }
+    let _ = writeln!(
+        w,
+        " **What would reach it** (not measured here): many deliveries per system call and per wake-up at moderate \
+         rates — a write delay that holds each socket's frames for a few milliseconds (latency \
+         for CPU), or batched submission (io_uring) that the actix stack does not offer — and \
+         a user-space path of a fraction of a µs per delivery."
+    );
+}
+
+fn latency(w: &mut String, r: &Results) {
+    let Some(f) = closest(&r.fanout, 90_000.0) else {
+        return;
+    };
+    if f.latency_ms.p99 <= P99_TARGET_MS || f.latency_ms.count == 0 {
+        return;
+    }
+    let cpus = std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64);
+    let busy = |x: &FanoutReport| x.cpu.machine_cpu_s / (cpus * x.duration_s.max(1e-9)) * 100.0;
+    let _ = write!(
+        w,
+        "\n**p99 at 90k deliveries/s.** `{}`: p50 {:.2} ms, p99 {:.2} ms, the machine {:.0}% busy \
+         ({} CPUs).",
+        f.label,
+        f.latency_ms.p50,
+        f.latency_ms.p99,
+        busy(f),
+        cpus
+    );
+    if let Some(store) = metric_mean_ms(&f.metrics, "confab_store_latency_seconds") {
+        let _ = write!(
+            w,
+            " A send waits {store:.1} ms on average for its group commit (the linger, the batch \
+             statement, the WAL flush) before it is published{}.",
+            if store >= f.latency_ms.p50 / 2.0 {
+                ": most of the median"
+            } else {
+                ""
+            }
+        );
+    }
+    // The fastest rate at which the tail still met the target, and how busy the machine was.
+    let held = measured(r)
+        .filter(|x| x.clean() && x.latency_ms.count > 0 && x.latency_ms.p99 <= P99_TARGET_MS)
+        .max_by(|a, b| a.delivered_per_sec.total_cmp(&b.delivered_per_sec));
+    match held {
+        Some(h) => {
+            let _ = write!(
+                w,
+                " The highest rate at which p99 stayed ≤ {P99_TARGET_MS:.0} ms in this run was \
+                 `{}`: {} deliveries/s, p99 {:.2} ms, with the machine {:.0}% busy. The tail \
+                 grows with the machine's load, not with anything one process does alone: at \
+                 90k the nodes, Postgres, Redis and the load generator share {} CPUs, and a \
+                 send's commit or delivery waits for a CPU.",
+                h.label,
+                n0(h.delivered_per_sec),
+                h.latency_ms.p99,
+                busy(h),
+                cpus
+            );
+            let need = (1.0 - busy(h) / busy(f).max(1e-9)) * 100.0;
+            if need > 0.0 {
+                let _ = write!(
+                    w,
+                    " **What would reach it**: the machine no busier at 90k deliveries/s than it \
+                     was there — about {need:.0}% less CPU per message across the nodes, \
+                     Postgres and the load generator — or the database and the load generator \
+                     on cores of their own, as a deployment has them."
+                );
+            }
+        }
+        None => {
+            let _ = write!(
+                w,
+                " No run of this benchmark had p99 ≤ {P99_TARGET_MS:.0} ms: even the lowest \
+                 rate's tail is above it on this machine."
+            );
+        }
+    }
+    let _ = writeln!(w);
+}
+
+fn ceiling(w: &mut String, r: &Results) {
+    let bound = r.ramp.first().map_or(500.0, |x| x.max_p99_ms);
+    let Some(top) = measured(r)
+        .filter(|f| crate::ramp::verdict(f, bound).is_none())
+        .max_by(|a, b| a.delivered_per_sec.total_cmp(&b.delivered_per_sec))
+    else {
+        return;
+    };
+    if top.delivered_per_sec >= CEILING_TARGET {
+        return;
+    }
+    let Some((total, parts)) = per_delivery(top) else {
+        return;
+    };
+    let cpus = std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64);
+    let busy = top.cpu.machine_cpu_s / (cpus * top.duration_s.max(1e-9)) * 100.0;
+    let split: Vec<String> = parts
+        .iter()
+        .filter(|(_, us)| *us > 0.0)
+        .map(|(name, us)| format!("{name} {us:.2}"))
+        .collect();
+    let needed_cpus = CEILING_TARGET * total / 1e6;
+    let _ = write!(
+        w,
+        "\n**Loss-free ceiling.** At the highest rate that held (`{}`, {} deliveries/s) the \
+         machine was {busy:.0}% busy and spent {total:.2} µs of CPU per delivery ({}).",
+        top.label,
+        n0(top.delivered_per_sec),
+        split.join(", ")
+    );
+    if needed_cpus > cpus {
+        let cut = (1.0 - cpus / needed_cpus) * 100.0;
+        let generator = parts[3].1;
+        let without_generator = CEILING_TARGET * (total - generator) / 1e6;
+        let _ = writeln!(
+            w,
+            " At that cost 450,000 deliveries/s need {needed_cpus:.2} CPUs of the {cpus:.0} \
+             there are: past the ceiling the queues grow until a client is closed as a slow \
+             consumer, which the benchmark counts as loss. **What would reach it**: {cut:.0}% \
+             less machine CPU per delivery (≤ {:.2} µs). The load generator's {generator:.2} µs \
+             per delivery is part of it: on cores of its own, the rest would need \
+             {without_generator:.2} CPUs{}.",
+            total * cpus / needed_cpus,
+            if without_generator <= cpus {
+                ", which fits"
+            } else {
+                ", still more than there are"
+            }
+        );
+    } else {
+        let _ = writeln!(
+            w,
+            " The machine was not saturated there; the next step failed by the ramp's other \
+             rules ({}).",
+            r.ramp
+                .first()
+                .and_then(|x| x.failure.clone())
+                .unwrap_or_else(|| "no failure recorded".into())
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::procstat::{CpuWindow, ProcessUsage};
+
+    #[test]
+    fn the_kernel_share_comes_from_the_dso_listing() {
+        let t = "# header\n    55.00%  [kernel.kallsyms]\n    40.00%  confab\n     5.00%  \
+                 libc.so.6\n";
+        let k = kernel_share(t);
+        assert!(k.is_some_and(|k| (k - 55.0).abs() < 1e-9), "{k:?}");
+        assert_eq!(kernel_share("# nothing\n"), None);
+    }
+
+    #[test]
+    fn perf_stat_csv_parses_by_event_name() {
+        let t = "# started on …\n\n151426,,syscalls:sys_enter_sendto,5001051376,100.00,,\n\
+                 <not counted>,,syscalls:sys_enter_futex,0,0.00,,\n10636,,context-switches,\
+                 5001000000,100.00,,\n";
+        let c = perf_counts(t);
+        assert_eq!(count(&c, "sys_enter_sendto"), Some(151426.0));
+        assert_eq!(count(&c, "context-switches"), Some(10636.0));
+        assert_eq!(count(&c, "sys_enter_futex"), None);
+    }
+
+    fn run(label: &str, rate: f64, p99: f64, nodes_cpu: f64, machine: f64) -> FanoutReport {
+        let mut f = FanoutReport {
+            label: label.into(),
+            room_size: 10,
+            rate_offered: rate,
+            duration_s: 10.0,
+            sent: (rate * 10.0) as u64,
+            sent_per_sec: rate,
+            delivered_per_sec: rate * 9.0,
+            deliveries_per_server_cpu_s: rate * 9.0 * 10.0 / nodes_cpu,
+            cpu: CpuWindow {
+                processes: vec![ProcessUsage {
+                    name: "node0".into(),
+                    pid: 1,
+                    cpu_s: nodes_cpu,
+                    rss_kib: 0,
+                }],
+                bench_cpu_s: machine / 4.0,
+                machine_cpu_s: machine,
+            },
+            ..Default::default()
+        };
+        f.latency_ms.count = 1000;
+        f.latency_ms.p50 = p99 / 3.0;
+        f.latency_ms.p99 = p99;
+        f.acked_total = f.sent;
+        f.sent_total = f.sent;
+        f.expected_deliveries = f.sent * 9;
+        f.delivered = f.expected_deliveries;
+        f
+    }
+
+    #[test]
+    fn a_missed_run_gets_its_reasons_and_a_met_one_none() {
+        let mut r = Results::default();
+        r.fanout.push(run("fanout-2000", 2000.0, 4.0, 3.0, 8.0));
+        r.fanout
+            .push(run("fanout-10000", 10_000.0, 11.0, 6.0, 18.0));
+        let inputs = Inputs {
+            profile_dso: vec![(
+                "profile-10000".into(),
+                "60.00%  [kernel.kallsyms]\n40.00%  confab\n".into(),
+            )],
+            ..Default::default()
+        };
+        let mut md = String::new();
+        section(&mut md, &r, &inputs);
+        // 900,000 deliveries on 6 CPU-s: 6.67 µs each, 60 % of it in the kernel.
+        assert!(md.contains("6.67 µs of CPU per delivery"), "{md}");
+        assert!(md.contains("4.00 µs per delivery in system calls"), "{md}");
+        assert!(
+            md.contains("Either half alone is over the whole budget"),
+            "{md}"
+        );
+        // The fastest run whose p99 met 5 ms is named, with the machine's load then.
+        assert!(
+            md.contains("was `fanout-2000`: 18,000 deliveries/s"),
+            "{md}"
+        );
+        assert!(md.contains("**Loss-free ceiling.**"), "{md}");
+
+        // Every target met: nothing to explain.
+        let mut fast = run("fanout-10000", 10_000.0, 3.0, 0.5, 2.0);
+        fast.delivered_per_sec = 500_000.0;
+        fast.deliveries_per_server_cpu_s = 2_000_000.0;
+        let met = Results {
+            fanout: vec![fast],
+            ..Default::default()
+        };
+        let mut none = String::new();
+        section(&mut none, &met, &Inputs::default());
+        assert!(none.is_empty(), "{none}");
+    }
+}
