@@ -9,6 +9,7 @@
 
 use super::{closest, metric_mean_ms, n0, Inputs, Results};
 use crate::fanout::FanoutReport;
+use crate::procstat::CpuWindow;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
@@ -18,6 +19,10 @@ const EFFICIENCY_TARGET: f64 = 1_000_000.0;
 const P99_TARGET_MS: f64 = 5.0;
 /// The loss-free ceiling the target asks for, deliveries/s.
 const CEILING_TARGET: f64 = 450_000.0;
+/// Authenticated connects per second per node.
+const CONNECT_TARGET: f64 = 10_000.0;
+/// Durably stored messages per second.
+const STORE_TARGET: f64 = 30_000.0;
 
 /// Share (0-100) of a `perf report --sort dso` listing that fell in the kernel; `None` when the
 /// listing has no percentage lines.
@@ -63,21 +68,20 @@ fn count(counts: &BTreeMap<String, f64>, name: &str) -> Option<f64> {
         .map(|(_, v)| *v)
 }
 
-/// Machine CPU-µs per delivery of a run, and the µs of each part (nodes, Postgres, Redis,
-/// load generator, other).
-fn per_delivery(f: &FanoutReport) -> Option<(f64, [(&'static str, f64); 5])> {
-    let deliveries = f.delivered_per_sec * f.duration_s;
-    if deliveries <= 0.0 || f.cpu.machine_cpu_s <= 0.0 {
+/// Machine CPU-µs per unit of work (a delivery, a connect, a stored message) over a window,
+/// and the µs of each part: the gateway nodes, Postgres, Redis, the load generator, the rest.
+fn per_unit(cpu: &CpuWindow, units: f64) -> Option<(f64, [(&'static str, f64); 5])> {
+    if units <= 0.0 || cpu.machine_cpu_s <= 0.0 {
         return None;
     }
-    let us = |cpu_s: f64| cpu_s / deliveries * 1e6;
-    let nodes = f.cpu.cpu_of("node");
-    let pg = f.cpu.cpu_of("postgres");
-    let redis = f.cpu.cpu_of("redis");
-    let bench = f.cpu.bench_cpu_s;
-    let other = (f.cpu.machine_cpu_s - nodes - pg - redis - bench).max(0.0);
+    let us = |cpu_s: f64| cpu_s / units * 1e6;
+    let nodes = cpu.cpu_of("node");
+    let pg = cpu.cpu_of("postgres");
+    let redis = cpu.cpu_of("redis");
+    let bench = cpu.bench_cpu_s;
+    let other = (cpu.machine_cpu_s - nodes - pg - redis - bench).max(0.0);
     Some((
-        us(f.cpu.machine_cpu_s),
+        us(cpu.machine_cpu_s),
         [
             ("the gateway nodes", us(nodes)),
             ("Postgres", us(pg)),
@@ -86,6 +90,59 @@ fn per_delivery(f: &FanoutReport) -> Option<(f64, [(&'static str, f64); 5])> {
             ("everything else", us(other)),
         ],
     ))
+}
+
+/// The parts of [`per_unit`] that were measured, as text.
+fn split_text(parts: &[(&'static str, f64); 5]) -> String {
+    parts
+        .iter()
+        .filter(|(_, us)| *us > 0.0)
+        .map(|(name, us)| {
+            if *us >= 100.0 {
+                format!("{name} {us:.0}")
+            } else {
+                format!("{name} {us:.2}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// CPUs the machine offers (the report is written on the machine that ran the benchmark).
+fn machine_cpus() -> f64 {
+    std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
+}
+
+/// The sentence shared by the rate targets: at the measured CPU per unit, how many CPUs the
+/// target rate needs, and how much cheaper a unit would have to be.
+fn rate_needs(w: &mut String, what: &str, target: f64, total_us: f64, generator_us: f64) {
+    let cpus = machine_cpus();
+    let needed = target * total_us / 1e6;
+    if needed <= cpus {
+        let _ = write!(
+            w,
+            " At that cost {} {what} need {needed:.2} of the {cpus:.0} CPUs: the CPU would \
+             allow it; the limit was latency or queueing, not CPU.",
+            n0(target)
+        );
+        return;
+    }
+    let without_generator = target * (total_us - generator_us) / 1e6;
+    let _ = write!(
+        w,
+        " At that cost {} {what} need {needed:.2} CPUs of the {cpus:.0} there are. **What would \
+         reach it**: {:.0}% less machine CPU per unit (≤ {:.2} µs). The load generator's \
+         {generator_us:.2} µs is part of it: on cores of its own, the rest would need \
+         {without_generator:.2} CPUs{}.",
+        n0(target),
+        (1.0 - cpus / needed) * 100.0,
+        total_us * cpus / needed,
+        if without_generator <= cpus {
+            ", which fits"
+        } else {
+            ", still more than there are"
+        }
+    );
 }
 
 /// Runs that count for the latency and ceiling figures: rooms of 10, not sampled by perf.
@@ -102,6 +159,8 @@ pub fn section(w: &mut String, r: &Results, inputs: &Inputs) {
     efficiency(&mut body, r, inputs);
     latency(&mut body, r);
     ceiling(&mut body, r);
+    connects(&mut body, r);
+    store(&mut body, r);
     if body.is_empty() {
         return;
     }
@@ -128,38 +187,49 @@ fn efficiency(w: &mut String, r: &Results, inputs: &Inputs) {
          1,000,000 deliveries per CPU-second leaves {budget:.0} µs.",
         f.label
     );
-    // The profiled run at the same rate, if there is one, says how that time divides.
+    // The profiled run at the same offered rate says how such a delivery's CPU divides. Its
+    // own figures are used throughout (the sampling costs the nodes CPU too, and on a slow
+    // machine pushes them further into saturation, where writes carry more frames).
     let rate_label = format!("profile-{:.0}", f.rate_offered);
+    let profiled = r
+        .fanout
+        .iter()
+        .find(|p| p.label == rate_label && p.deliveries_per_server_cpu_s > 0.0);
     let kernel = inputs
         .profile_dso
         .iter()
         .find(|(l, _)| *l == rate_label)
         .and_then(|(_, t)| kernel_share(t));
-    if let Some(k) = kernel {
-        let kernel_us = per * k / 100.0;
-        let user_us = per - kernel_us;
-        let _ = write!(
-            w,
-            " In `{rate_label}` (same rate, sampled) {k:.0}% of the nodes' CPU was the kernel's: \
-             {kernel_us:.2} µs per delivery in system calls, TCP over loopback and wake-ups, and \
-             {user_us:.2} µs in user space (Confab, actix, tokio, the allocator, JSON). {}",
-            if user_us > budget && kernel_us > budget {
-                "Either half alone is over the whole budget: no user-space change can reach \
-                 the target while the kernel's part stays as it is, nor the other way round."
-            } else if kernel_us > budget {
-                "The kernel's part alone is over the whole budget."
-            } else {
-                "Both halves would have to shrink."
-            }
-        );
-    }
+    let (Some(p), Some(k)) = (profiled, kernel) else {
+        return efficiency_tail(w, r, f);
+    };
+    let p_per = 1e6 / p.deliveries_per_server_cpu_s;
+    let kernel_us = p_per * k / 100.0;
+    let user_us = p_per - kernel_us;
+    let _ = write!(
+        w,
+        " Its profiled twin `{rate_label}` (the same offered rate under perf; p50 {:.1} ms, \
+         {p_per:.2} µs per delivery) divides that CPU {k:.0}% kernel — {kernel_us:.2} µs per \
+         delivery in system calls, TCP over loopback and wake-ups — and {user_us:.2} µs user \
+         space (Confab, actix, tokio, the allocator, JSON). {}",
+        p.latency_ms.p50,
+        if user_us > budget && kernel_us > budget {
+            "Either half alone is over the whole budget: no user-space change can reach the \
+             target while the kernel's part stays as it is, nor the other way round."
+        } else if kernel_us > budget {
+            "The kernel's part alone is over the whole budget."
+        } else if user_us > budget {
+            "The user-space part alone is over the whole budget."
+        } else {
+            "Both halves would have to shrink."
+        }
+    );
     let counts = inputs
         .counts
         .iter()
         .find(|(l, _)| *l == rate_label)
         .map(|(_, t)| perf_counts(t));
-    let profiled = r.fanout.iter().find(|p| p.label == rate_label);
-    if let (Some(counts), Some(p), Some(window)) = (counts, profiled, inputs.counts_window_s) {
+    if let (Some(counts), Some(window)) = (counts, inputs.counts_window_s) {
         let deliveries = p.delivered_per_sec * window;
         if let (Some(sends), true) = (count(&counts, "sys_enter_sendto"), deliveries > 0.0) {
             let per_write = deliveries / sends.max(1.0);
@@ -181,21 +251,23 @@ fn efficiency(w: &mut String, r: &Results, inputs: &Inputs) {
                     c / deliveries * 1000.0
                 );
             }
-            let _ = write!(w, ".");
-            if let Some(k) = kernel {
-                // Kernel time per write, from this run: what every delivery that needs a write
-                // of its own costs before Confab's code runs at all.
-                let kernel_per_write = per * k / 100.0 * per_write;
-                let _ = write!(
-                    w,
-                    " That is ≈ {kernel_per_write:.1} µs of kernel time per write: within {budget:.0} \
-                     µs per delivery, each write would have to carry ≥ {:.0} deliveries even if \
-                     user space cost nothing.",
-                    (kernel_per_write / budget).ceil()
-                );
-            }
+            // Kernel time per write: what every delivery that needs a write of its own costs
+            // before Confab's code runs at all.
+            let kernel_per_write = kernel_us * per_write;
+            let _ = write!(
+                w,
+                ". That is ≈ {kernel_per_write:.1} µs of kernel time per write: within \
+                 {budget:.0} µs per delivery, each write would have to carry ≥ {:.0} deliveries \
+                 even if user space cost nothing.",
+                (kernel_per_write / budget).ceil()
+            );
         }
     }
+    efficiency_tail(w, r, f);
+}
+
+/// The efficiency paragraph's end: the best run of the benchmark, and what would reach it.
+fn efficiency_tail(w: &mut String, r: &Results, f: &FanoutReport) {
     // Under load writes fill up by themselves: the most efficient run of this benchmark.
     if let Some(best) = measured(r)
         .filter(|x| x.deliveries_per_server_cpu_s > f.deliveries_per_server_cpu_s)
@@ -206,7 +278,9 @@ fn efficiency(w: &mut String, r: &Results, inputs: &Inputs) {
     {
         let _ = write!(
             w,
-            " The most efficient run measured here is `{}` at {} msgs/s offered: {} deliveries              per gateway CPU-second ({}); the busier the nodes, the more deliveries share each              write and each wake-up.",
+            " The most efficient run measured here is `{}` at {} msgs/s offered: {} deliveries \
+             per gateway CPU-second ({}); the busier the nodes, the more deliveries share \
+             each write and each wake-up.",
             best.label,
             n0(best.rate_offered),
             n0(best.deliveries_per_server_cpu_s),
@@ -309,61 +383,78 @@ fn ceiling(w: &mut String, r: &Results) {
     if top.delivered_per_sec >= CEILING_TARGET {
         return;
     }
-    let Some((total, parts)) = per_delivery(top) else {
+    let Some((total, parts)) = per_unit(&top.cpu, top.delivered_per_sec * top.duration_s) else {
         return;
     };
-    let cpus = std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64);
-    let busy = top.cpu.machine_cpu_s / (cpus * top.duration_s.max(1e-9)) * 100.0;
-    let split: Vec<String> = parts
-        .iter()
-        .filter(|(_, us)| *us > 0.0)
-        .map(|(name, us)| format!("{name} {us:.2}"))
-        .collect();
-    let needed_cpus = CEILING_TARGET * total / 1e6;
+    let busy = top.cpu.machine_cpu_s / (machine_cpus() * top.duration_s.max(1e-9)) * 100.0;
     let _ = write!(
         w,
         "\n**Loss-free ceiling.** At the highest rate that held (`{}`, {} deliveries/s) the \
-         machine was {busy:.0}% busy and spent {total:.2} µs of CPU per delivery ({}).",
+         machine was {busy:.0}% busy and spent {total:.2} µs of CPU per delivery ({}). Past the \
+         ceiling the queues grow until a client is closed as a slow consumer, which the \
+         benchmark counts as loss.",
         top.label,
         n0(top.delivered_per_sec),
-        split.join(", ")
+        split_text(&parts)
     );
-    if needed_cpus > cpus {
-        let cut = (1.0 - cpus / needed_cpus) * 100.0;
-        let generator = parts[3].1;
-        let without_generator = CEILING_TARGET * (total - generator) / 1e6;
-        let _ = writeln!(
-            w,
-            " At that cost 450,000 deliveries/s need {needed_cpus:.2} CPUs of the {cpus:.0} \
-             there are: past the ceiling the queues grow until a client is closed as a slow \
-             consumer, which the benchmark counts as loss. **What would reach it**: {cut:.0}% \
-             less machine CPU per delivery (≤ {:.2} µs). The load generator's {generator:.2} µs \
-             per delivery is part of it: on cores of its own, the rest would need \
-             {without_generator:.2} CPUs{}.",
-            total * cpus / needed_cpus,
-            if without_generator <= cpus {
-                ", which fits"
-            } else {
-                ", still more than there are"
-            }
-        );
-    } else {
-        let _ = writeln!(
-            w,
-            " The machine was not saturated there; the next step failed by the ramp's other \
-             rules ({}).",
-            r.ramp
-                .first()
-                .and_then(|x| x.failure.clone())
-                .unwrap_or_else(|| "no failure recorded".into())
-        );
+    rate_needs(w, "deliveries/s", CEILING_TARGET, total, parts[3].1);
+    let _ = writeln!(w);
+}
+
+fn connects(w: &mut String, r: &Results) {
+    let Some(i) = r.idle.first() else {
+        return;
+    };
+    if i.connects_per_sec >= CONNECT_TARGET || i.connections == 0 {
+        return;
     }
+    let Some((total, parts)) = per_unit(&i.connect_cpu, i.connections as f64) else {
+        return;
+    };
+    let busy = i.connect_cpu.machine_cpu_s / (machine_cpus() * i.connect_s.max(1e-9)) * 100.0;
+    let _ = write!(
+        w,
+        "\n**Connects per second.** `{}`: {} connects/s; over the connect phase the machine was \
+         {busy:.0}% busy and spent {total:.0} µs of CPU per connect ({}).",
+        i.label,
+        n0(i.connects_per_sec),
+        split_text(&parts)
+    );
+    rate_needs(w, "connects/s", CONNECT_TARGET, total, parts[3].1);
+    let _ = writeln!(w);
+}
+
+fn store(w: &mut String, r: &Results) {
+    let Some(f) = r.fanout.iter().find(|f| f.label.starts_with("store")) else {
+        return;
+    };
+    if f.acked_per_sec >= STORE_TARGET || f.acked_total == 0 {
+        return;
+    }
+    let Some((total, parts)) = per_unit(&f.cpu, f.acked_per_sec * f.duration_s) else {
+        return;
+    };
+    let busy = f.cpu.machine_cpu_s / (machine_cpus() * f.duration_s.max(1e-9)) * 100.0;
+    let _ = write!(
+        w,
+        "\n**Durably stored messages per second.** `{}`: {} acked/s of {} offered; the machine \
+         was {busy:.0}% busy and spent {total:.0} µs of CPU per stored message ({}).",
+        f.label,
+        n0(f.acked_per_sec),
+        n0(f.rate_offered),
+        split_text(&parts)
+    );
+    if let Some(batch) = super::metric_mean(&f.metrics, "confab_store_batch_size") {
+        let _ = write!(w, " Each commit stored {batch:.0} sends on average.");
+    }
+    rate_needs(w, "stored messages/s", STORE_TARGET, total, parts[3].1);
+    let _ = writeln!(w);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::procstat::{CpuWindow, ProcessUsage};
+    use crate::procstat::ProcessUsage;
 
     #[test]
     fn the_kernel_share_comes_from_the_dso_listing() {
@@ -423,6 +514,17 @@ mod tests {
         r.fanout.push(run("fanout-2000", 2000.0, 4.0, 3.0, 8.0));
         r.fanout
             .push(run("fanout-10000", 10_000.0, 11.0, 6.0, 18.0));
+        // Its profiled twin: 900,000 deliveries on 9 CPU-s, 10 µs each.
+        r.fanout
+            .push(run("profile-10000", 10_000.0, 40.0, 9.0, 19.0));
+        r.idle.push(crate::idle::IdleReport {
+            label: "idle".into(),
+            connections: 10_000,
+            connect_s: 2.0,
+            connects_per_sec: 5_000.0,
+            connect_cpu: run("x", 1.0, 1.0, 1.0, 3.0).cpu,
+            ..Default::default()
+        });
         let inputs = Inputs {
             profile_dso: vec![(
                 "profile-10000".into(),
@@ -432,9 +534,10 @@ mod tests {
         };
         let mut md = String::new();
         section(&mut md, &r, &inputs);
-        // 900,000 deliveries on 6 CPU-s: 6.67 µs each, 60 % of it in the kernel.
+        // 900,000 deliveries on 6 CPU-s: 6.67 µs each; the profiled twin's 10 µs, 60 % of
+        // it in the kernel.
         assert!(md.contains("6.67 µs of CPU per delivery"), "{md}");
-        assert!(md.contains("4.00 µs per delivery in system calls"), "{md}");
+        assert!(md.contains("60% kernel — 6.00 µs per delivery"), "{md}");
         assert!(
             md.contains("Either half alone is over the whole budget"),
             "{md}"
@@ -445,6 +548,11 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("**Loss-free ceiling.**"), "{md}");
+        // 3 CPU-s over 10,000 connects: 300 µs each; 10,000/s would need 3 CPUs.
+        assert!(md.contains("spent 300 µs of CPU per connect"), "{md}");
+        assert!(md.contains("10,000 connects/s need 3.00 CPUs"), "{md}");
+        // No store run: nothing said about it.
+        assert!(!md.contains("Durably stored"), "{md}");
 
         // Every target met: nothing to explain.
         let mut fast = run("fanout-10000", 10_000.0, 3.0, 0.5, 2.0);
