@@ -97,15 +97,18 @@ fn split_text(parts: &[(&'static str, f64); 5]) -> String {
     parts
         .iter()
         .filter(|(_, us)| *us > 0.0)
-        .map(|(name, us)| {
-            if *us >= 100.0 {
-                format!("{name} {us:.0}")
-            } else {
-                format!("{name} {us:.2}")
-            }
-        })
+        .map(|(name, v)| format!("{name} {}", us(*v)))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Microseconds as text: two decimals below 100, none above (336 µs, not 336.41).
+fn us(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
 }
 
 /// CPUs the machine offers (the report is written on the machine that ran the benchmark).
@@ -131,12 +134,13 @@ fn rate_needs(w: &mut String, what: &str, target: f64, total_us: f64, generator_
     let _ = write!(
         w,
         " At that cost {} {what} need {needed:.2} CPUs of the {cpus:.0} there are. **What would \
-         reach it**: {:.0}% less machine CPU per unit (≤ {:.2} µs). The load generator's \
-         {generator_us:.2} µs is part of it: on cores of its own, the rest would need \
-         {without_generator:.2} CPUs{}.",
+         reach it**: {:.0}% less machine CPU per unit (≤ {} µs). The load generator's {} µs \
+         is part of it: on cores of its own, the rest would need {without_generator:.2} \
+         CPUs{}.",
         n0(target),
         (1.0 - cpus / needed) * 100.0,
-        total_us * cpus / needed,
+        us(total_us * cpus / needed),
+        us(generator_us),
         if without_generator <= cpus {
             ", which fits"
         } else {
