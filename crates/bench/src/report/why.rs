@@ -116,13 +116,13 @@ fn machine_cpus() -> f64 {
     std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
 }
 
-/// The sentence shared by the rate targets: at the measured CPU per unit, how many CPUs the
-/// target rate needs, and how much cheaper a unit would have to be.
+/// The sentence that ends each rate target's paragraph: at the measured CPU per unit, how many
+/// CPUs the target rate needs, and how much cheaper a unit would have to be.
 fn rate_needs(w: &mut String, what: &str, target: f64, total_us: f64, generator_us: f64) {
     let cpus = machine_cpus();
     let needed = target * total_us / 1e6;
     if needed <= cpus {
-        let _ = write!(
+        let _ = writeln!(
             w,
             " At that cost {} {what} need {needed:.2} of the {cpus:.0} CPUs: the CPU would \
              allow it; the limit was latency or queueing, not CPU.",
@@ -131,7 +131,7 @@ fn rate_needs(w: &mut String, what: &str, target: f64, total_us: f64, generator_
         return;
     }
     let without_generator = target * (total_us - generator_us) / 1e6;
-    let _ = write!(
+    let _ = writeln!(
         w,
         " At that cost {} {what} need {needed:.2} CPUs of the {cpus:.0} there are. **What would \
          reach it**: {:.0}% less machine CPU per unit (≤ {} µs). The load generator's {} µs \
@@ -402,7 +402,6 @@ fn ceiling(w: &mut String, r: &Results) {
         split_text(&parts)
     );
     rate_needs(w, "deliveries/s", CEILING_TARGET, total, parts[3].1);
-    let _ = writeln!(w);
 }
 
 fn connects(w: &mut String, r: &Results) {
@@ -425,7 +424,6 @@ fn connects(w: &mut String, r: &Results) {
         split_text(&parts)
     );
     rate_needs(w, "connects/s", CONNECT_TARGET, total, parts[3].1);
-    let _ = writeln!(w);
 }
 
 fn store(w: &mut String, r: &Results) {
@@ -452,7 +450,6 @@ fn store(w: &mut String, r: &Results) {
         let _ = write!(w, " Each commit stored {batch:.0} sends on average.");
     }
     rate_needs(w, "stored messages/s", STORE_TARGET, total, parts[3].1);
-    let _ = writeln!(w);
 }
 
 #[cfg(test)]
