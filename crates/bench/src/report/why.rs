@@ -116,6 +116,11 @@ fn machine_cpus() -> f64 {
     std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
 }
 
+/// How busy the machine was over a window, in % of all its CPUs.
+fn busy_pct(cpu: &CpuWindow, secs: f64) -> f64 {
+    cpu.machine_cpu_s / (machine_cpus() * secs.max(1e-9)) * 100.0
+}
+
 /// The sentence that ends each rate target's paragraph: at the measured CPU per unit, how many
 /// CPUs the target rate needs, and how much cheaper a unit would have to be.
 fn rate_needs(w: &mut String, what: &str, target: f64, total_us: f64, generator_us: f64) {
@@ -297,10 +302,10 @@ fn efficiency_tail(w: &mut String, r: &Results, f: &FanoutReport) {
     }
     let _ = writeln!(
         w,
-        " **What would reach it** (not measured here): many deliveries per system call and per wake-up at moderate \
-         rates — a write delay that holds each socket's frames for a few milliseconds (latency \
-         for CPU), or batched submission (io_uring) that the actix stack does not offer — and \
-         a user-space path of a fraction of a µs per delivery."
+        " **What would reach it** (not measured here): many deliveries per system call and per \
+         wake-up at moderate rates — a write delay that holds each socket's frames for a few \
+         milliseconds (latency for CPU), or batched submission (io_uring) that the actix stack \
+         does not offer — and a user-space path of a fraction of a µs per delivery."
     );
 }
 
@@ -311,8 +316,8 @@ fn latency(w: &mut String, r: &Results) {
     if f.latency_ms.p99 <= P99_TARGET_MS || f.latency_ms.count == 0 {
         return;
     }
-    let cpus = std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64);
-    let busy = |x: &FanoutReport| x.cpu.machine_cpu_s / (cpus * x.duration_s.max(1e-9)) * 100.0;
+    let cpus = machine_cpus();
+    let busy = |x: &FanoutReport| busy_pct(&x.cpu, x.duration_s);
     let _ = write!(
         w,
         "\n**p99 at 90k deliveries/s.** `{}`: p50 {:.2} ms, p99 {:.2} ms, the machine {:.0}% busy \
@@ -390,7 +395,7 @@ fn ceiling(w: &mut String, r: &Results) {
     let Some((total, parts)) = per_unit(&top.cpu, top.delivered_per_sec * top.duration_s) else {
         return;
     };
-    let busy = top.cpu.machine_cpu_s / (machine_cpus() * top.duration_s.max(1e-9)) * 100.0;
+    let busy = busy_pct(&top.cpu, top.duration_s);
     let _ = write!(
         w,
         "\n**Loss-free ceiling.** At the highest rate that held (`{}`, {} deliveries/s) the \
@@ -414,7 +419,7 @@ fn connects(w: &mut String, r: &Results) {
     let Some((total, parts)) = per_unit(&i.connect_cpu, i.connections as f64) else {
         return;
     };
-    let busy = i.connect_cpu.machine_cpu_s / (machine_cpus() * i.connect_s.max(1e-9)) * 100.0;
+    let busy = busy_pct(&i.connect_cpu, i.connect_s);
     let _ = write!(
         w,
         "\n**Connects per second.** `{}`: {} connects/s; over the connect phase the machine was \
@@ -436,7 +441,7 @@ fn store(w: &mut String, r: &Results) {
     let Some((total, parts)) = per_unit(&f.cpu, f.acked_per_sec * f.duration_s) else {
         return;
     };
-    let busy = f.cpu.machine_cpu_s / (machine_cpus() * f.duration_s.max(1e-9)) * 100.0;
+    let busy = busy_pct(&f.cpu, f.duration_s);
     let _ = write!(
         w,
         "\n**Durably stored messages per second.** `{}`: {} acked/s of {} offered; the machine \
