@@ -229,6 +229,13 @@ the only profile." >"$profile_method"
 fi
 rm -f "$dir/perf.check"
 
+# ---------- node crash: last, because node 1 does not come back ----------
+# Presence at its production defaults: the figure is how long a SIGKILLed node's users stay
+# "online" to the people they share threads with.
+log "crash: SIGKILL node 1 with its users connected"
+run "$BENCH" crash --nodes "$N0,$N1" --victim 1 --victim-pid "$P1" --clients 1000 --room-size 10 \
+  --label crash
+
 # ---------- the report ----------
 {
   echo "| | |"

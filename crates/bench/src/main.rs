@@ -2,6 +2,7 @@
 //! on stdout and a one-line human summary on stderr.
 
 use clap::{Args, Parser, Subcommand};
+use confab_bench::crash::{self, CrashConfig};
 use confab_bench::fanout::{self, FanoutConfig};
 use confab_bench::history::{self, HistoryConfig};
 use confab_bench::idle::{self, IdleConfig};
@@ -35,6 +36,8 @@ enum Cmd {
     Idle(IdleArgs),
     /// Everyone reconnects at once and resumes.
     Storm(StormArgs),
+    /// SIGKILL a node: how long until its users show offline on the others.
+    Crash(CrashArgs),
     /// History page latency on a thread with very many messages.
     History(HistoryArgs),
     /// Write BENCHMARKS.md from the JSON lines of a run.
@@ -197,6 +200,40 @@ struct StormArgs {
 }
 
 #[derive(Args)]
+struct CrashArgs {
+    /// Node base URLs.
+    #[arg(long, required = true, num_args = 1..)]
+    nodes: Vec<String>,
+    /// Which node to kill (0-based index into --nodes).
+    #[arg(long, default_value_t = 1)]
+    victim: usize,
+    /// The process id of that node (it must be a process named `confab`).
+    #[arg(long)]
+    victim_pid: u32,
+    /// Users in total.
+    #[arg(long, default_value_t = 1000)]
+    clients: usize,
+    /// Members per room (at least one per node).
+    #[arg(long, default_value_t = 10)]
+    room_size: usize,
+    /// How long to wait for every offline event after the kill, seconds.
+    #[arg(long, default_value_t = 60.0)]
+    deadline: f64,
+    /// How long the victims may take to show as online before the kill, seconds.
+    #[arg(long, default_value_t = 30.0)]
+    settle: f64,
+    /// Setup HTTP requests in flight.
+    #[arg(long, default_value_t = 32)]
+    setup_concurrency: usize,
+    /// Handshakes in flight.
+    #[arg(long, default_value_t = 64)]
+    connect_concurrency: usize,
+    /// A name for the run.
+    #[arg(long, default_value = "crash")]
+    label: String,
+}
+
+#[derive(Args)]
 struct HistoryArgs {
     /// The node's base URL.
     #[arg(long)]
@@ -350,6 +387,22 @@ async fn run(cmd: Cmd) -> Result<()> {
                 label: a.label,
             };
             let r = storm::run(&cfg).await?;
+            emit(&r, r.summary());
+        }
+        Cmd::Crash(a) => {
+            let cfg = CrashConfig {
+                nodes: Node::parse_all(&a.nodes)?,
+                victim: a.victim,
+                victim_pid: a.victim_pid,
+                clients: a.clients,
+                room_size: a.room_size,
+                deadline: secs("deadline", a.deadline)?,
+                settle: secs("settle", a.settle)?,
+                setup_concurrency: a.setup_concurrency,
+                connect_concurrency: a.connect_concurrency,
+                label: a.label,
+            };
+            let r = crash::run(&cfg).await?;
             emit(&r, r.summary());
         }
         Cmd::History(a) => {

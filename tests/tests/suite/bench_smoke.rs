@@ -1,7 +1,9 @@
-//! The load tester's smoke run: `confab-bench`'s fanout, used as a library, against two real
-//! nodes on Postgres + Redis. It must account for every message exactly (nothing lost, nothing
-//! duplicated, every send acknowledged). No speed is asserted here; `make bench` measures speed.
+//! The load tester's smoke runs: `confab-bench`'s scenarios, used as a library, against two real
+//! nodes on Postgres + Redis. They must account for every message exactly (nothing lost, nothing
+//! duplicated, every send acknowledged), and a killed node's users must all go offline within
+//! the presence design bound. No speed is asserted here; `make bench` measures speed.
 
+use confab_bench::crash::{self, CrashConfig};
 use confab_bench::fanout::{self, FanoutConfig};
 use confab_bench::storm::{self, StormConfig};
 use confab_bench::target::Node;
@@ -246,4 +248,42 @@ async fn two_single_thread_node_processes_deliver_every_message_once_and_drain()
         let status = status.unwrap_or_else(|| panic!("node {} did not exit within 20 s", p.port));
         assert!(status.success(), "node {} exited with {status}", p.port);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_crash_clears_every_killed_users_presence_within_the_bound() {
+    use crate::presence::{ProcessCluster, GRACE_MS, HEARTBEAT_MS};
+    const TTL_MS: u64 = 1000;
+    let pc = ProcessCluster::new(TTL_MS).await;
+    let n0 = pc.start("a").await;
+    let n1 = pc.start("b").await;
+    let node =
+        |p: &NodeProcess| Node::parse(&p.http_base()).unwrap_or_else(|e| panic!("node url: {e}"));
+    let cfg = CrashConfig {
+        nodes: vec![node(&n0), node(&n1)],
+        victim: 1,
+        victim_pid: n1.child.id(),
+        clients: 20,
+        room_size: 5,
+        deadline: Duration::from_secs(30),
+        settle: Duration::from_secs(20),
+        setup_concurrency: 8,
+        connect_concurrency: 16,
+        label: "smoke".into(),
+    };
+    let r = crash::run(&cfg)
+        .await
+        .unwrap_or_else(|e| panic!("crash failed: {e}"));
+    eprintln!("{}", r.summary());
+    // 4 rooms of 5, members alternating over the 2 nodes: 3 watchers and 2 victims in two
+    // rooms, 2 and 3 in the others.
+    assert_eq!((r.victims, r.watchers, r.pairs), (10, 10, 24), "{r:?}");
+    assert!(r.clean(), "{r:?}");
+    assert_eq!(r.repeated, 0, "{r:?}");
+    // The design bound (TTL, one sweep interval, the grace) plus slack for a loaded machine;
+    // and not before the dead node's heartbeat could have expired.
+    let bound = (TTL_MS + HEARTBEAT_MS + GRACE_MS) as f64 / 1000.0 + 3.0;
+    assert!(r.time_to_all_offline_s <= bound, "{r:?}");
+    assert!(r.offline_ms.p50 >= (TTL_MS / 2) as f64, "{r:?}");
+    drop(n0);
 }

@@ -361,18 +361,20 @@ async fn a_mass_disconnect_settles_every_offline_through_the_batched_lookups() {
     c.stop().await;
 }
 
-/// Two `confab` processes sharing a fresh database and a fresh Redis prefix.
-struct ProcessCluster {
+/// `confab` processes sharing a fresh database and a fresh Redis prefix, with presence timers
+/// short enough for a test (also used by the load tester's crash smoke run).
+pub(crate) struct ProcessCluster {
     db: String,
     prefix: String,
     ttl_ms: u64,
 }
 
-const HEARTBEAT_MS: u64 = 200;
-const GRACE_MS: u64 = 300;
+pub(crate) const HEARTBEAT_MS: u64 = 200;
+pub(crate) const GRACE_MS: u64 = 300;
 
 impl ProcessCluster {
-    async fn new(ttl_ms: u64) -> Self {
+    /// A fresh database and prefix; the nodes' heartbeat keys live `ttl_ms`.
+    pub(crate) async fn new(ttl_ms: u64) -> Self {
         Self {
             db: confab_tests::create_database(&confab_tests::pg_admin_url()).await,
             prefix: format!("t{}", uuid::Uuid::new_v4().simple()),
@@ -380,7 +382,8 @@ impl ProcessCluster {
         }
     }
 
-    async fn start(&self, name: &str) -> NodeProcess {
+    /// Start a node named `name` (a restart under the same name is the same node).
+    pub(crate) async fn start(&self, name: &str) -> NodeProcess {
         NodeProcess::start(&[
             ("CONFAB__DATABASE__URL", self.db.clone()),
             ("CONFAB__REDIS__URL", confab_tests::redis_url()),
