@@ -9,7 +9,7 @@
 //! Nothing here is sent to the dead node after the kill; the victims' connections are dropped
 //! as they are (the kernel closed the server's side when the process died).
 
-use crate::conn::{self, ConnectOpts};
+use crate::conn;
 use crate::fleet::{Api, Fleet, FleetSpec};
 use crate::stats::{self, round, Clock, LatencyMs};
 use crate::target::Node;
@@ -257,7 +257,7 @@ pub async fn run(cfg: &CrashConfig) -> Result<CrashReport> {
     crate::secs("deadline", cfg.deadline.as_secs_f64())?;
     crate::secs("settle", cfg.settle.as_secs_f64())?;
     let api = Api::new();
-    let fleet = Fleet::build(
+    let (fleet, conns) = Fleet::connected(
         &api,
         cfg.nodes.clone(),
         &FleetSpec {
@@ -265,18 +265,9 @@ pub async fn run(cfg: &CrashConfig) -> Result<CrashReport> {
             room_size: cfg.room_size,
             concurrency: cfg.setup_concurrency,
         },
+        cfg.connect_concurrency,
     )
     .await?;
-    let sources = conn::sources_for(cfg.clients, conn::DEFAULT_PER_SOURCE);
-    let connect_deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    let conns = fleet
-        .connect_all(
-            ConnectOpts::default(),
-            &sources,
-            cfg.connect_concurrency,
-            connect_deadline,
-        )
-        .await?;
     let plans: Vec<RoomPlan> = fleet
         .rooms
         .iter()

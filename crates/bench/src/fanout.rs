@@ -9,7 +9,7 @@
 //! at `t0 + (k·C + j)/R` whatever happened to earlier ones, so a slow server shows up as latency,
 //! loss or unacknowledged sends rather than as a politely lowered rate.
 
-use crate::conn::{self, ConnectOpts, Hello, WsStream};
+use crate::conn::{Hello, WsStream};
 use crate::fleet::{Api, Fleet, FleetSpec};
 use crate::procstat::{self, CpuWindow, Watched};
 use crate::scrape::{self, MetricsDelta};
@@ -262,16 +262,7 @@ pub async fn run(cfg: &FanoutConfig) -> Result<FanoutReport> {
     .await?;
     let setup_s = started.elapsed().as_secs_f64();
     let started = Instant::now();
-    let sources = conn::sources_for(cfg.clients, conn::DEFAULT_PER_SOURCE);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    let conns = fleet
-        .connect_all(
-            ConnectOpts::default(),
-            &sources,
-            cfg.connect_concurrency,
-            deadline,
-        )
-        .await?;
+    let conns = fleet.connect_everyone(cfg.connect_concurrency).await?;
     let connect_s = started.elapsed().as_secs_f64();
     let mut report = drive(cfg, &fleet, conns, &api).await;
     report.setup_s = round(setup_s, 3);

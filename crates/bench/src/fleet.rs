@@ -236,6 +236,30 @@ impl Fleet {
         })
     }
 
+    /// [`Fleet::build`], then [`Fleet::connect_everyone`]: the users registered, in their rooms
+    /// and connected, for the scenarios that time neither.
+    pub async fn connected(
+        api: &Api,
+        nodes: Vec<Node>,
+        spec: &FleetSpec,
+        connect_concurrency: usize,
+    ) -> Result<(Fleet, Vec<(WsStream, Hello)>)> {
+        let fleet = Fleet::build(api, nodes, spec).await?;
+        let conns = fleet.connect_everyone(connect_concurrency).await?;
+        Ok((fleet, conns))
+    }
+
+    /// Open one WebSocket per user with default options, spread over as many loopback source
+    /// addresses as [`conn::DEFAULT_PER_SOURCE`] asks for, `concurrency` handshakes at a time,
+    /// within two minutes; in user order. What the scenarios that only need everyone connected
+    /// do.
+    pub async fn connect_everyone(&self, concurrency: usize) -> Result<Vec<(WsStream, Hello)>> {
+        let sources = conn::sources_for(self.users.len(), conn::DEFAULT_PER_SOURCE);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        self.connect_all(ConnectOpts::default(), &sources, concurrency, deadline)
+            .await
+    }
+
     /// Open one WebSocket per user (`opts.source` is replaced per connection when `sources` is
     /// not empty), `concurrency` handshakes at a time, in user order.
     pub async fn connect_all(

@@ -364,7 +364,7 @@ pub async fn run(cfg: &StormConfig) -> Result<StormReport> {
     }
     crate::secs("deadline", cfg.deadline.as_secs_f64())?;
     let api = Api::new();
-    let fleet = Fleet::build(
+    let (fleet, conns) = Fleet::connected(
         &api,
         cfg.nodes.clone(),
         &FleetSpec {
@@ -372,18 +372,9 @@ pub async fn run(cfg: &StormConfig) -> Result<StormReport> {
             room_size: cfg.room_size,
             concurrency: cfg.setup_concurrency,
         },
+        cfg.connect_concurrency,
     )
     .await?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    let sources = conn::sources_for(cfg.clients, 25_000);
-    let conns = fleet
-        .connect_all(
-            ConnectOpts::default(),
-            &sources,
-            cfg.connect_concurrency,
-            deadline,
-        )
-        .await?;
     let clock = Clock::start();
     let shared = Arc::new(Shared {
         delivered: AtomicU64::new(0),
