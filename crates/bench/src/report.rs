@@ -7,6 +7,7 @@ use crate::crash::CrashReport;
 use crate::fanout::FanoutReport;
 use crate::history::HistoryReport;
 use crate::idle::IdleReport;
+use crate::procstat::CpuWindow;
 use crate::ramp::RampReport;
 use crate::scrape::MetricsDelta;
 use crate::storm::StormReport;
@@ -718,40 +719,66 @@ fn commit_sharing(w: &mut String, runs: &[FanoutReport]) {
 
 /// A few sentences computed from the measurements: who used the CPU at ~90k deliveries/s,
 /// and what the gateway's own samples were spent on.
+/// Machine CPU-µs per unit of work (a delivery, a connect, a stored message) over a window,
+/// and the µs of each part: the gateway nodes, Postgres, Redis, the load generator, the rest.
+fn per_unit(cpu: &CpuWindow, units: f64) -> Option<(f64, [(&'static str, f64); 5])> {
+    if units <= 0.0 || cpu.machine_cpu_s <= 0.0 {
+        return None;
+    }
+    let us = |cpu_s: f64| cpu_s / units * 1e6;
+    let nodes = cpu.cpu_of("node");
+    let pg = cpu.cpu_of("postgres");
+    let redis = cpu.cpu_of("redis");
+    let bench = cpu.bench_cpu_s;
+    let other = (cpu.machine_cpu_s - nodes - pg - redis - bench).max(0.0);
+    Some((
+        us(cpu.machine_cpu_s),
+        [
+            ("the gateway nodes", us(nodes)),
+            ("Postgres", us(pg)),
+            ("Redis", us(redis)),
+            ("the load generator", us(bench)),
+            ("everything else", us(other)),
+        ],
+    ))
+}
+
+/// CPUs the machine offers (the report is written on the machine that ran the benchmark).
+fn machine_cpus() -> f64 {
+    std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
+}
+
 fn time_summary(w: &mut String, r: &Results, inputs: &Inputs) {
     let Some(f) = closest(&r.fanout, 90_000.0) else {
         return;
     };
-    // The report is written on the machine that ran the benchmark.
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let busy = f.cpu.machine_cpu_s.max(1e-9);
-    let pct = |v: f64| v / busy * 100.0;
-    let nodes = f.cpu.cpu_of("node");
-    let pg = f.cpu.cpu_of("postgres");
-    let redis = f.cpu.cpu_of("redis");
-    let _ = writeln!(
-        w,
-        "In `{}` ({} msgs/s offered, {} deliveries/s) the machine was busy for {:.1} of the \
-         window's {:.0} CPU-seconds ({} CPUs × {:.0} s): the two gateway nodes used {:.0}%, the \
-         bench database's Postgres backends {:.0}%, Redis {:.0}%, the load generator {:.0}%, \
-         everything else {:.0}%. Per message (1 send, 1 stored row, {} deliveries) that is \
-         {:.0} µs of gateway CPU and {:.0} µs of Postgres CPU.",
-        f.label,
-        n0(f.rate_offered),
-        n0(f.delivered_per_sec),
-        f.cpu.machine_cpu_s,
-        cpus as f64 * f.duration_s,
-        cpus,
-        f.duration_s,
-        pct(nodes),
-        pct(pg),
-        pct(redis),
-        pct(f.cpu.bench_cpu_s),
-        pct((f.cpu.machine_cpu_s - nodes - pg - redis - f.cpu.bench_cpu_s).max(0.0)),
-        f.room_size - 1,
-        nodes / (f.sent.max(1) as f64) * 1e6,
-        pg / (f.sent.max(1) as f64) * 1e6,
-    );
+    // Per message: 1 send, 1 stored row, room size − 1 deliveries.
+    if let Some((total, parts)) = per_unit(&f.cpu, f.sent.max(1) as f64) {
+        let pct = |i: usize| parts[i].1 / total * 100.0;
+        let cpus = machine_cpus();
+        let _ = writeln!(
+            w,
+            "In `{}` ({} msgs/s offered, {} deliveries/s) the machine was busy for {:.1} of the \
+             window's {:.0} CPU-seconds ({cpus:.0} CPUs × {:.0} s): the two gateway nodes used \
+             {:.0}%, the bench database's Postgres backends {:.0}%, Redis {:.0}%, the load \
+             generator {:.0}%, everything else {:.0}%. Per message (1 send, 1 stored row, {} \
+             deliveries) that is {:.0} µs of gateway CPU and {:.0} µs of Postgres CPU.",
+            f.label,
+            n0(f.rate_offered),
+            n0(f.delivered_per_sec),
+            f.cpu.machine_cpu_s,
+            cpus * f.duration_s,
+            f.duration_s,
+            pct(0),
+            pct(1),
+            pct(2),
+            pct(3),
+            pct(4),
+            f.room_size - 1,
+            parts[0].1,
+            parts[1].1,
+        );
+    }
     commit_sharing(w, &r.fanout);
     for (label, text) in &inputs.profiles {
         let shares = bucket_shares(text);

@@ -7,7 +7,7 @@
 //! (`perf report --sort dso` of a profiled run) and their system-call counts over the same
 //! window (`perf stat`), and the ramp's steps.
 
-use super::{closest, metric_mean_ms, n0, Inputs, Results};
+use super::{closest, machine_cpus, metric_mean_ms, n0, per_unit, Inputs, Results};
 use crate::fanout::FanoutReport;
 use crate::procstat::CpuWindow;
 use std::collections::BTreeMap;
@@ -68,30 +68,6 @@ fn count(counts: &BTreeMap<String, f64>, name: &str) -> Option<f64> {
         .map(|(_, v)| *v)
 }
 
-/// Machine CPU-µs per unit of work (a delivery, a connect, a stored message) over a window,
-/// and the µs of each part: the gateway nodes, Postgres, Redis, the load generator, the rest.
-fn per_unit(cpu: &CpuWindow, units: f64) -> Option<(f64, [(&'static str, f64); 5])> {
-    if units <= 0.0 || cpu.machine_cpu_s <= 0.0 {
-        return None;
-    }
-    let us = |cpu_s: f64| cpu_s / units * 1e6;
-    let nodes = cpu.cpu_of("node");
-    let pg = cpu.cpu_of("postgres");
-    let redis = cpu.cpu_of("redis");
-    let bench = cpu.bench_cpu_s;
-    let other = (cpu.machine_cpu_s - nodes - pg - redis - bench).max(0.0);
-    Some((
-        us(cpu.machine_cpu_s),
-        [
-            ("the gateway nodes", us(nodes)),
-            ("Postgres", us(pg)),
-            ("Redis", us(redis)),
-            ("the load generator", us(bench)),
-            ("everything else", us(other)),
-        ],
-    ))
-}
-
 /// The parts of [`per_unit`] that were measured, as text.
 fn split_text(parts: &[(&'static str, f64); 5]) -> String {
     parts
@@ -109,11 +85,6 @@ fn us(v: f64) -> String {
     } else {
         format!("{v:.2}")
     }
-}
-
-/// CPUs the machine offers (the report is written on the machine that ran the benchmark).
-fn machine_cpus() -> f64 {
-    std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
 }
 
 /// How busy the machine was over a window, in % of all its CPUs.
