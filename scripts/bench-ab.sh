@@ -92,6 +92,7 @@ run_side() {
     ramp) target=(--nodes "$n0,$n1" --pids "${node_pids[0]},${node_pids[1]}") ;;
     idle) target=(--node "$n0" --setup-node "$n1" --pid "${node_pids[0]}") ;;
     storm) target=(--nodes "$n0,$n1") ;;
+    crash) target=(--nodes "$n0,$n1" --victim 1 --victim-pid "${node_pids[1]}") ;;
     history) target=(--node "$n0" --db-url "$DB_URL") ;;
     *) die "unknown scenario $SCENARIO" ;;
   esac
