@@ -233,8 +233,10 @@ rm -f "$dir/perf.check"
 # Presence at its production defaults: the figure is how long a SIGKILLed node's users stay
 # "online" to the people they share threads with.
 log "crash: SIGKILL node 1 with its users connected"
+# A failure here must not cost the report of everything measured before: its row then says
+# "not measured".
 run "$BENCH" crash --nodes "$N0,$N1" --victim 1 --victim-pid "$P1" --clients 1000 --room-size 10 \
-  --label crash
+  --label crash || log "the crash scenario failed (see above); its figure is left out"
 
 # ---------- the report ----------
 {
