@@ -293,6 +293,40 @@ pub async fn run(cfg: &CrashConfig) -> Result<CrashReport> {
         ));
     }
 
+    let clock = Clock::start();
+    let (killed_tx, killed_rx) = watch::channel(None);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let cleared = Arc::new(AtomicU64::new(0));
+    let mut victim_conns = Vec::new();
+    let mut by_user: HashMap<usize, conn::WsStream> = HashMap::new();
+    for (i, (ws, _)) in conns.into_iter().enumerate() {
+        if fleet.users[i].node == cfg.victim {
+            victim_conns.push(ws);
+        } else {
+            by_user.insert(i, ws);
+        }
+    }
+    // The watchers read from now on: frames left unread until the kill (the online events of
+    // the connects) would otherwise be read after it and taken for flaps.
+    let mut tasks = Vec::new();
+    let mut pairs = 0u64;
+    for p in &plans {
+        for &w in &p.watchers {
+            let Some(ws) = by_user.remove(&w) else {
+                continue;
+            };
+            pairs += p.victims.len() as u64;
+            tasks.push(tokio::spawn(watch_room(
+                ws,
+                p.victims.clone(),
+                killed_rx.clone(),
+                clock,
+                cleared.clone(),
+                stop_rx.clone(),
+            )));
+        }
+    }
+
     // Every victim online, as a survivor sees it, before anything dies.
     let settle_until = tokio::time::Instant::now() + cfg.settle;
     loop {
@@ -317,44 +351,13 @@ pub async fn run(cfg: &CrashConfig) -> Result<CrashReport> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // Online events still on their way to watchers must not land after the kill (as flaps).
+    // Online events still on their way to watchers must be read before the kill, not after it
+    // (as flaps).
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    let clock = Clock::start();
-    let (killed_tx, killed_rx) = watch::channel(None);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let cleared = Arc::new(AtomicU64::new(0));
-    let mut victim_conns = Vec::new();
-    let mut by_user: HashMap<usize, conn::WsStream> = HashMap::new();
-    for (i, (ws, _)) in conns.into_iter().enumerate() {
-        if fleet.users[i].node == cfg.victim {
-            victim_conns.push(ws);
-        } else {
-            by_user.insert(i, ws);
-        }
-    }
-    let mut tasks = Vec::new();
-    let mut pairs = 0u64;
-    for p in &plans {
-        for &w in &p.watchers {
-            let Some(ws) = by_user.remove(&w) else {
-                continue;
-            };
-            pairs += p.victims.len() as u64;
-            tasks.push(tokio::spawn(watch_room(
-                ws,
-                p.victims.clone(),
-                killed_rx.clone(),
-                clock,
-                cleared.clone(),
-                stop_rx.clone(),
-            )));
-        }
-    }
-
+    // Timed from just before the signal: the `kill` command itself takes a moment.
+    let _ = killed_tx.send(Some(clock.now_us()));
     kill_node(cfg.victim_pid)?;
-    let kill_us = clock.now_us();
-    let _ = killed_tx.send(Some(kill_us));
     drop(victim_conns);
     let until = tokio::time::Instant::now() + cfg.deadline;
     while cleared.load(Ordering::Relaxed) < pairs && tokio::time::Instant::now() < until {
