@@ -717,8 +717,6 @@ fn commit_sharing(w: &mut String, runs: &[FanoutReport]) {
     );
 }
 
-/// A few sentences computed from the measurements: who used the CPU at ~90k deliveries/s,
-/// and what the gateway's own samples were spent on.
 /// Machine CPU-µs per unit of work (a delivery, a connect, a stored message) over a window,
 /// and the µs of each part: the gateway nodes, Postgres, Redis, the load generator, the rest.
 fn per_unit(cpu: &CpuWindow, units: f64) -> Option<(f64, [(&'static str, f64); 5])> {
@@ -748,6 +746,8 @@ fn machine_cpus() -> f64 {
     std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
 }
 
+/// A few sentences computed from the measurements: who used the CPU at ~90k deliveries/s,
+/// and what the gateway's own samples were spent on.
 fn time_summary(w: &mut String, r: &Results, inputs: &Inputs) {
     let Some(f) = closest(&r.fanout, 90_000.0) else {
         return;
