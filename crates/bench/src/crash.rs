@@ -18,6 +18,7 @@ use confab_protocol::api::UserPresence;
 use confab_protocol::{PresenceStatus, ServerFrame, UserId};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -167,11 +168,13 @@ async fn watch_room(
         }
         match status {
             PresenceStatus::Offline => {
-                let at = clock.now_us().saturating_sub(kill_us);
-                if seen.offline_at.insert(user_id, at).is_some() {
-                    seen.repeated += 1;
-                } else {
-                    cleared.fetch_add(1, Ordering::Relaxed);
+                // The first one counts; a repeat keeps it.
+                match seen.offline_at.entry(user_id) {
+                    Entry::Occupied(_) => seen.repeated += 1,
+                    Entry::Vacant(e) => {
+                        e.insert(clock.now_us().saturating_sub(kill_us));
+                        cleared.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
             PresenceStatus::Online => seen.flapped += 1,
