@@ -218,12 +218,22 @@ fn figures(w: &mut String, r: &Results) {
         w,
         "| figure | target | measured | verdict |\n|---|---|---|---|"
     );
-    let clean: Vec<&FanoutReport> = r
+    // The ramp's rules for a step that held (also the loss-free ceiling's, below).
+    let bound = r.ramp.first().map_or(500.0, |x| x.max_p99_ms);
+    // Loss-free runs: the fixed-rate runs that lost nothing, and the ramp steps that held (the
+    // busiest loss-free load, where deliveries share the most writes and wake-ups: what the
+    // 1,000,000 target is about). Profiled runs are left out.
+    let loss_free = r
         .fanout
         .iter()
-        .filter(|f| f.room_size == 10 && f.clean() && !f.label.starts_with("profile"))
-        .collect();
-    match clean.iter().max_by(|a, b| {
+        .filter(|f| f.clean())
+        .chain(
+            r.ramp_steps
+                .iter()
+                .filter(|f| crate::ramp::verdict(f, bound).is_none()),
+        )
+        .filter(|f| f.room_size == 10 && !f.label.starts_with("profile"));
+    match loss_free.max_by(|a, b| {
         a.deliveries_per_server_cpu_s
             .total_cmp(&b.deliveries_per_server_cpu_s)
     }) {
@@ -231,10 +241,15 @@ fn figures(w: &mut String, r: &Results) {
             let _ = writeln!(
                 w,
                 "| fan-out efficiency (rooms of 10, {} nodes) | ≥ 1,000,000 deliveries per server \
-                 CPU-second | {} (best loss-free run, `{}`, {} deliveries/s) | {} |",
+                 CPU-second | {} (best loss-free run, `{}`{}, {} deliveries/s) | {} |",
                 best.nodes,
                 n0(best.deliveries_per_server_cpu_s),
                 best.label,
+                if best.label.starts_with("ramp") {
+                    ": a ramp step that held"
+                } else {
+                    ""
+                },
                 n0(best.delivered_per_sec),
                 verdict(best.deliveries_per_server_cpu_s >= 1_000_000.0)
             );
@@ -293,7 +308,6 @@ fn figures(w: &mut String, r: &Results) {
     }
     // The loss-free ceiling: the most deliveries/s of any run, fixed-rate or ramp step, that
     // held by the ramp's rules (rooms of 10; profiled runs excluded).
-    let bound = r.ramp.first().map_or(500.0, |x| x.max_p99_ms);
     let best = r
         .fanout
         .iter()
@@ -1074,6 +1088,59 @@ mod tests {
         let mut none = String::new();
         latency_split(&mut none, &[FanoutReport::default()]);
         assert!(none.is_empty());
+    }
+
+    #[test]
+    fn the_efficiency_row_takes_the_best_loss_free_run_ramp_steps_that_held_included() {
+        let run = |label: &str, eff: f64, p99: f64, lost: u64| {
+            let mut f = FanoutReport {
+                label: label.into(),
+                nodes: 2,
+                room_size: 10,
+                rate_offered: 1000.0,
+                sent_per_sec: 1000.0,
+                delivered_per_sec: 9000.0,
+                expected_deliveries: 1000,
+                lost,
+                deliveries_per_server_cpu_s: eff,
+                ..FanoutReport::default()
+            };
+            f.latency_ms.p99 = p99;
+            f
+        };
+        let row = |results: &Results| {
+            render(results, &Inputs::default())
+                .lines()
+                .find(|l| l.starts_with("| fan-out efficiency (rooms of 10"))
+                .map(str::to_owned)
+                .unwrap_or_default()
+        };
+        let mut results = Results {
+            fanout: vec![
+                run("fanout-10000", 217_364.0, 9.0, 0),
+                // Profiled runs never count, however efficient.
+                run("profile-10000", 900_000.0, 50.0, 0),
+            ],
+            ramp_steps: vec![
+                run("ramp-38443", 454_143.0, 317.0, 0),
+                // Past the ramp's p99 bound, or lossy: not a step that held.
+                run("ramp-43249", 509_293.0, 968.0, 0),
+                run("ramp-57665", 600_000.0, 400.0, 1),
+            ],
+            ..Results::default()
+        };
+        let best = row(&results);
+        assert!(
+            best.contains("454,143 (best loss-free run, `ramp-38443`: a ramp step that held"),
+            "{best}"
+        );
+        assert!(best.ends_with("**missed** |"), "{best}");
+        results.ramp_steps.clear();
+        let fixed = row(&results);
+        assert!(
+            fixed.contains("217,364 (best loss-free run, `fanout-10000`, "),
+            "{fixed}"
+        );
     }
 
     #[test]
