@@ -192,6 +192,9 @@ pub struct SessionSettings {
     pub max_resume_replay: u64,
     /// Messages fetched per query while replaying or filling a gap.
     pub replay_batch: u64,
+    /// Flush window: a queued delivery waits this long so that what queues meanwhile leaves in
+    /// the same socket write (0: no wait).
+    pub write_delay_ms: u64,
 }
 
 /// Limits (every one a setting).

@@ -96,6 +96,32 @@ impl Outbox {
         .await
     }
 
+    /// Wait until something is queued, without taking it (the flush window of
+    /// `session.write_delay_ms` opens on it). Pushes into a queue that is not empty wake nobody,
+    /// so a session waiting out its window is not woken by each frame that joins it.
+    pub async fn ready(&self) {
+        std::future::poll_fn(|cx| {
+            if !self.is_empty() {
+                return Poll::Ready(());
+            }
+            self.ready.register(cx.waker());
+            if self.is_empty() {
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+    }
+
     /// The next item if one is queued, without waiting.
     pub fn try_recv(&self) -> Option<Outbound> {
         self.pop()
@@ -180,6 +206,27 @@ mod tests {
         q.close();
         assert_eq!(q.try_push(item(8)), Ok(()));
         assert_eq!(queued(&q), 0);
+    }
+
+    #[tokio::test]
+    async fn ready_waits_for_a_push_and_takes_nothing() {
+        let q = Arc::new(Outbox::new(10));
+        let waiting = tokio::time::timeout(Duration::from_millis(20), q.ready()).await;
+        assert!(waiting.is_err(), "ready on an empty queue");
+        let waiter = {
+            let q = q.clone();
+            tokio::spawn(async move { q.ready().await })
+        };
+        tokio::task::yield_now().await;
+        assert_eq!(q.try_push(item(1)), Ok(()));
+        let woke = tokio::time::timeout(Duration::from_secs(5), waiter).await;
+        assert!(matches!(woke, Ok(Ok(()))), "the push did not wake ready");
+        // Still queued, and ready again at once.
+        assert!(!q.is_empty());
+        let again = tokio::time::timeout(Duration::from_secs(1), q.ready()).await;
+        assert!(again.is_ok());
+        assert_eq!(q.try_recv().map(text).as_deref(), Some("1"));
+        assert!(q.is_empty());
     }
 
     #[tokio::test]

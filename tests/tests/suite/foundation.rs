@@ -585,3 +585,85 @@ both_backends!(
         c.stop().await;
     }
 );
+
+/// The server frames (unmasked, unfragmented) in `bytes`, as JSON.
+fn server_frames(mut bytes: &[u8]) -> Vec<Value> {
+    let mut frames = Vec::new();
+    while bytes.len() >= 2 {
+        let (len, at) = match bytes[1] & 0x7f {
+            126 => (usize::from(u16::from_be_bytes([bytes[2], bytes[3]])), 4),
+            127 => panic!("a frame over 64 KiB"),
+            short => (usize::from(short), 2),
+        };
+        assert!(bytes.len() >= at + len, "a frame cut short: {bytes:?}");
+        assert_eq!(bytes[0], 0x81, "not a final text frame: {bytes:?}");
+        let frame = serde_json::from_slice(&bytes[at..at + len])
+            .unwrap_or_else(|e| panic!("{e}: {bytes:?}"));
+        frames.push(frame);
+        bytes = &bytes[at + len..];
+    }
+    assert!(bytes.is_empty(), "trailing bytes {bytes:?}");
+    frames
+}
+
+both_backends!(
+    a_write_delay_sends_what_queued_in_its_window_in_one_write,
+    |b: Backend| async move {
+        use tokio::io::AsyncReadExt;
+        const WINDOW_MS: u64 = 2000;
+        let c = Cluster::start_with(b, 2, |s| s.session.write_delay_ms = WINDOW_MS).await;
+        let (_alice, at) = c.user("writer").await;
+        let (bob, bt) = c.user("reader").await;
+        let thread = c.http(0).create_thread(&at, &[&bob], None).await;
+        // Bob reads his raw socket on the other node: the 101 and the hello come first (a
+        // reply, not held by the window).
+        let mut tcp = confab_tests::raw_upgrade(c.node(1).port, &bt).await;
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut head = Vec::new();
+        while !String::from_utf8_lossy(&head).contains("\"hello\"") {
+            let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("no hello"))
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert!(n > 0, "closed before the hello");
+            head.extend_from_slice(&buf[..n]);
+        }
+        // Four sends 30 ms apart, all well inside one window, each acknowledged.
+        let mut ws = c.ws(0, &at).await;
+        let started = std::time::Instant::now();
+        let mut reqs = Vec::new();
+        for i in 1..=4 {
+            let req = ws.next_req();
+            ws.send_json(json!({"type": "send", "req": req, "thread_id": thread,
+                "client_msg_id": format!("w{i}"), "body": format!("b{i}")}))
+                .await;
+            reqs.push(req);
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        for req in reqs {
+            let r = req.clone();
+            let ack = ws.recv_until(move |f| f["req"] == r.as_str()).await;
+            assert_eq!(ack["type"], "ack", "{ack}");
+        }
+        // One read holds all four: the window collected them and they left in one write.
+        let n = tokio::time::timeout(Duration::from_secs(15), tcp.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("nothing delivered"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let waited = started.elapsed();
+        let frames = server_frames(&buf[..n]);
+        let seqs: Vec<i64> = frames
+            .iter()
+            .filter(|f| f["type"] == "message")
+            .filter_map(|f| f["seq"].as_i64())
+            .collect();
+        assert_eq!(seqs, [1, 2, 3, 4], "{frames:?}");
+        // Not before the window closed (a timer never fires early; 100 ms of slack for the
+        // clocks of two tasks).
+        assert!(
+            waited >= Duration::from_millis(WINDOW_MS - 100),
+            "delivered after {waited:?}, inside the {WINDOW_MS} ms window"
+        );
+        c.stop().await;
+    }
+);
