@@ -147,6 +147,30 @@ for rate in $RATES; do
     --warmup "$WARM" --duration "$DUR" --label "fanout-$rate"
 done
 
+# ---------- flush window (`session.write_delay_ms`): the same loads, frames held per socket ----------
+# Rooms of 100 (each client receives ~100 frames/s: the broadcast-heavy shape a window is for)
+# without and with a window, then fanout-10000 with it. The report sets each `<twin>-window<ms>`
+# run against its twin. The nodes restart for the window runs, and again without it after them.
+WINDOW_MS=20
+log "rooms of 100 at 1000 msgs/s"
+run "$BENCH" fanout "${COMMON[@]}" --clients 1000 --room-size 100 --rate 1000 \
+  --warmup "$WARM" --duration "$DUR" --label rooms100-1000
+stop_nodes
+EXTRA_ENV+=(CONFAB__SESSION__WRITE_DELAY_MS=$WINDOW_MS)
+echo "# the nodes restarted with a flush window for the next two runs:" >>"$dir/commands.txt"
+nodes_up
+COMMON=(--nodes "$N0,$N1" --pids "$P0,$P1" --aux "$AUX_ARG" --metrics "$N0" "$N1")
+log "flush window of $WINDOW_MS ms"
+run "$BENCH" fanout "${COMMON[@]}" --clients 1000 --room-size 100 --rate 1000 \
+  --warmup "$WARM" --duration "$DUR" --label "rooms100-1000-window$WINDOW_MS"
+run "$BENCH" fanout "${COMMON[@]}" --clients 1000 --room-size 10 --rate 10000 \
+  --warmup "$WARM" --duration "$DUR" --label "fanout-10000-window$WINDOW_MS"
+stop_nodes
+unset 'EXTRA_ENV[-1]'
+echo "# the nodes restarted without the window for every scenario below:" >>"$dir/commands.txt"
+nodes_up
+COMMON=(--nodes "$N0,$N1" --pids "$P0,$P1" --aux "$AUX_ARG" --metrics "$N0" "$N1")
+
 # ---------- durable store rate: rooms of 2, offered far beyond what can be stored ----------
 # The drain waits (up to 40 s) until every acknowledged message has reached its room, so `lost`
 # is loss and not what was still in flight: at this overload deliveries trail sends by ~10 s.
