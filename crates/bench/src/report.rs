@@ -141,6 +141,16 @@ pub(crate) fn window_ms(label: &str) -> Option<(&str, u64)> {
     Some((twin, ms.parse().ok()?))
 }
 
+/// Each run with a flush window, its twin without one (when the run has it) and the window.
+pub(crate) fn window_pairs(runs: &[FanoutReport]) -> Vec<(&FanoutReport, &FanoutReport, u64)> {
+    runs.iter()
+        .filter_map(|f| {
+            let (twin, ms) = window_ms(&f.label)?;
+            Some((f, runs.iter().find(|t| t.label == twin)?, ms))
+        })
+        .collect()
+}
+
 /// The fanout run closest to `deliveries` per second offered (rooms of 10, no flush window).
 fn closest(fanout: &[FanoutReport], deliveries: f64) -> Option<&FanoutReport> {
     fanout
@@ -633,13 +643,7 @@ fn latency_split(w: &mut String, runs: &[FanoutReport]) {
 
 /// Each run with a flush window against its twin without one (same load, same nodes' code).
 fn window_section(w: &mut String, runs: &[FanoutReport]) {
-    let pairs: Vec<(&FanoutReport, &FanoutReport, u64)> = runs
-        .iter()
-        .filter_map(|f| {
-            let (twin, ms) = window_ms(&f.label)?;
-            Some((f, runs.iter().find(|t| t.label == twin)?, ms))
-        })
-        .collect();
+    let pairs = window_pairs(runs);
     if pairs.is_empty() {
         return;
     }

@@ -7,7 +7,9 @@
 //! (`perf report --sort dso` of a profiled run) and their system-call counts over the same
 //! window (`perf stat`), and the ramp's steps.
 
-use super::{closest, machine_cpus, metric_mean_ms, n0, per_unit, window_ms, Inputs, Results};
+use super::{
+    closest, machine_cpus, metric_mean_ms, n0, per_unit, window_ms, window_pairs, Inputs, Results,
+};
 use crate::fanout::FanoutReport;
 use crate::procstat::CpuWindow;
 use std::collections::BTreeMap;
@@ -272,22 +274,18 @@ fn efficiency_tail(w: &mut String, r: &Results, f: &FanoutReport) {
         );
     }
     // A flush window measured in this run: what holding each socket's frames bought.
-    let windows: Vec<String> = r
-        .fanout
-        .iter()
-        .filter_map(|x| {
-            let (twin, ms) = window_ms(&x.label)?;
-            let t = r.fanout.iter().find(|t| t.label == twin)?;
-            (t.deliveries_per_server_cpu_s > 0.0).then(|| {
-                format!(
-                    "`{}` ({ms} ms, rooms of {}) ×{:.2} against `{}`, p99 {:.1} ms",
-                    x.label,
-                    x.room_size,
-                    x.deliveries_per_server_cpu_s / t.deliveries_per_server_cpu_s,
-                    t.label,
-                    x.latency_ms.p99
-                )
-            })
+    let windows: Vec<String> = window_pairs(&r.fanout)
+        .into_iter()
+        .filter(|(_, t, _)| t.deliveries_per_server_cpu_s > 0.0)
+        .map(|(x, t, ms)| {
+            format!(
+                "`{}` ({ms} ms, rooms of {}) ×{:.2} against `{}`, p99 {:.1} ms",
+                x.label,
+                x.room_size,
+                x.deliveries_per_server_cpu_s / t.deliveries_per_server_cpu_s,
+                t.label,
+                x.latency_ms.p99
+            )
         })
         .collect();
     if windows.is_empty() {
