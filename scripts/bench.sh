@@ -92,6 +92,12 @@ AUX=()
 [ -n "$PG_PID" ] && AUX+=("postgres=$PG_PID@$DB_NAME")
 AUX_ARG=$(IFS=,; echo "${AUX[*]}")
 
+# fanout_nodes_up: nodes_up, then COMMON: the fanout scenarios' arguments for those nodes.
+fanout_nodes_up() {
+  nodes_up
+  COMMON=(--nodes "$N0,$N1" --pids "$P0,$P1" --aux "$AUX_ARG" --metrics "$N0" "$N1")
+}
+
 # Run one scenario once the machine calmed down after the previous one (`settle`): record the
 # exact command, append its JSON lines to the results.
 run() {
@@ -137,8 +143,7 @@ stop_nodes
 EXTRA_ENV=(CONFAB__SERVER__WORKERS="$SHARED_WORKERS" CONFAB__SERVER__SINGLE_THREAD="$SINGLE_THREAD")
 echo "# the nodes restarted for every scenario below, on the same database and Redis prefix:" \
   >>"$dir/commands.txt"
-nodes_up
-COMMON=(--nodes "$N0,$N1" --pids "$P0,$P1" --aux "$AUX_ARG" --metrics "$N0" "$N1")
+fanout_nodes_up
 
 # ---------- fan-out at fixed rates (rooms of 10 over 2 nodes, 1,000 clients) ----------
 for rate in $RATES; do
@@ -158,8 +163,7 @@ run "$BENCH" fanout "${COMMON[@]}" --clients 1000 --room-size 100 --rate 1000 \
 stop_nodes
 EXTRA_ENV+=(CONFAB__SESSION__WRITE_DELAY_MS=$WINDOW_MS)
 echo "# the nodes restarted with a flush window for the next two runs:" >>"$dir/commands.txt"
-nodes_up
-COMMON=(--nodes "$N0,$N1" --pids "$P0,$P1" --aux "$AUX_ARG" --metrics "$N0" "$N1")
+fanout_nodes_up
 log "flush window of $WINDOW_MS ms"
 run "$BENCH" fanout "${COMMON[@]}" --clients 1000 --room-size 100 --rate 1000 \
   --warmup "$WARM" --duration "$DUR" --label "rooms100-1000-window$WINDOW_MS"
@@ -168,8 +172,7 @@ run "$BENCH" fanout "${COMMON[@]}" --clients 1000 --room-size 10 --rate 10000 \
 stop_nodes
 unset 'EXTRA_ENV[-1]'
 echo "# the nodes restarted without the window for every scenario below:" >>"$dir/commands.txt"
-nodes_up
-COMMON=(--nodes "$N0,$N1" --pids "$P0,$P1" --aux "$AUX_ARG" --metrics "$N0" "$N1")
+fanout_nodes_up
 
 # ---------- durable store rate: rooms of 2, offered far beyond what can be stored ----------
 # The drain waits (up to 40 s) until every acknowledged message has reached its room, so `lost`
