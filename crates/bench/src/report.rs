@@ -605,7 +605,10 @@ fn latency_split(w: &mut String, runs: &[FanoutReport]) {
         w,
         "\nWhere the latency accumulates, from the nodes' `/metrics` over the same window \
          (means, both nodes): `store` is `confab_store_latency_seconds` (a send's wait for the \
-         group-commit writer, the batch statement and its commit), `publish → hub` is \
+         group-commit writer, the batch statement and its commit), `commit` is \
+         `confab_store_commit_seconds` (one group commit's time in the database: the batch \
+         statement with its thread locks, inserts, commit and WAL flush — the rest of `store` is \
+         the writer's queue and its linger), `publish → hub` is \
          `confab_fanout_latency_seconds` (after the commit until handed to local sessions); \
          `gap reads` counts `confab_gap_repairs_total{{scope=\"node\"}}` — holes a node still \
          saw after `delivery.gap_grace_ms` and read from the database; `sends per commit` is \
@@ -614,9 +617,9 @@ fn latency_split(w: &mut String, runs: &[FanoutReport]) {
     );
     let _ = writeln!(
         w,
-        "| run | ack p50 / p99 ms (client) | store mean ms | sends per commit | \
+        "| run | ack p50 / p99 ms (client) | store mean ms | commit mean ms | sends per commit | \
          publish → hub mean ms | delivery p50 / p99 ms (client) | gap reads |\n\
-         |---|---|---|---|---|---|---|"
+         |---|---|---|---|---|---|---|---|"
     );
     let ms = |v: Option<f64>| v.map_or_else(|| "—".to_owned(), |v| format!("{v:.1}"));
     for f in rows {
@@ -627,11 +630,12 @@ fn latency_split(w: &mut String, runs: &[FanoutReport]) {
             .sum();
         let _ = writeln!(
             w,
-            "| {} | {:.1} / {:.1} | {} | {} | {} | {:.1} / {:.1} | {} |",
+            "| {} | {:.1} / {:.1} | {} | {} | {} | {} | {:.1} / {:.1} | {} |",
             f.label,
             f.ack_latency_ms.p50,
             f.ack_latency_ms.p99,
             ms(metric_mean_ms(&f.metrics, "confab_store_latency_seconds")),
+            ms(metric_mean_ms(&f.metrics, "confab_store_commit_seconds")),
             ms(metric_mean(&f.metrics, "confab_store_batch_size")),
             ms(metric_mean_ms(&f.metrics, "confab_fanout_latency_seconds")),
             f.latency_ms.p50,
@@ -1138,7 +1142,7 @@ mod tests {
 
     #[test]
     fn the_latency_split_averages_histograms_over_both_nodes() {
-        let node = |sum: f64, count: f64, gaps: f64, commits: f64| {
+        let node = |sum: f64, count: f64, gaps: f64, commits: f64, commit_s: f64| {
             let mut m = MetricsDelta::default();
             m.counters
                 .insert("confab_store_latency_seconds_sum".into(), sum);
@@ -1150,11 +1154,19 @@ mod tests {
                 .insert("confab_store_batch_size_sum".into(), count);
             m.counters
                 .insert("confab_store_batch_size_count".into(), commits);
+            m.counters
+                .insert("confab_store_commit_seconds_sum".into(), commit_s);
+            m.counters
+                .insert("confab_store_commit_seconds_count".into(), commits);
             m
         };
         // 3 s over 1,000 sends and 1 s over 1,000: 2 ms on average, not the mean of means;
-        // 2,000 sends in 500 commits: 4 per commit (the mean of the nodes' means would say 6.25).
-        let both = [node(3.0, 1000.0, 7.0, 100.0), node(1.0, 1000.0, 5.0, 400.0)];
+        // 2,000 sends in 500 commits: 4 per commit (the mean of the nodes' means would say 6.25);
+        // 0.1 s in 100 commits and 0.1 s in 400: 0.4 ms per commit (not 0.625).
+        let both = [
+            node(3.0, 1000.0, 7.0, 100.0, 0.1),
+            node(1.0, 1000.0, 5.0, 400.0, 0.1),
+        ];
         let mean = metric_mean_ms(&both, "confab_store_latency_seconds");
         assert!(mean.is_some_and(|v| (v - 2.0).abs() < 1e-9), "{mean:?}");
         assert_eq!(metric_mean_ms(&both, "confab_fanout_latency_seconds"), None);
@@ -1166,7 +1178,7 @@ mod tests {
         let mut md = String::new();
         latency_split(&mut md, &[run]);
         assert!(
-            md.contains("| fanout-x | 0.0 / 0.0 | 2.0 | 4.0 | — | 0.0 / 0.0 | 12 |"),
+            md.contains("| fanout-x | 0.0 / 0.0 | 2.0 | 0.4 | 4.0 | — | 0.0 / 0.0 | 12 |"),
             "{md}"
         );
         // Runs without scrapes leave the section out.

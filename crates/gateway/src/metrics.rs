@@ -35,6 +35,8 @@ pub struct Metrics {
     pub store_latency: Histogram,
     /// Sends stored per group commit (one batch writer turn).
     pub store_batch_size: Histogram,
+    /// One group commit's time in the database (a batch writer turn), seconds.
+    pub store_commit: Histogram,
     /// Thread channels this node is subscribed to.
     pub subscriptions: IntGauge,
     /// Pub/sub reconnects.
@@ -138,6 +140,14 @@ impl Metrics {
                     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0,
                 ]),
             )),
+            store_commit: must(Histogram::with_opts(
+                HistogramOpts::new(
+                    "confab_store_commit_seconds",
+                    "One group commit's time in the database: the batch statement, its locks, \
+                     commit and WAL flush (one batch writer turn)",
+                )
+                .buckets(lat_buckets.clone()),
+            )),
             subscriptions: must(IntGauge::new(
                 "confab_redis_subscriptions",
                 "Thread channels subscribed",
@@ -221,6 +231,7 @@ impl Metrics {
         must(r.register(Box::new(self.fanout_latency.clone())));
         must(r.register(Box::new(self.store_latency.clone())));
         must(r.register(Box::new(self.store_batch_size.clone())));
+        must(r.register(Box::new(self.store_commit.clone())));
         must(r.register(Box::new(self.subscriptions.clone())));
         must(r.register(Box::new(self.pubsub_reconnects.clone())));
         must(r.register(Box::new(self.pubsub_stalls.clone())));

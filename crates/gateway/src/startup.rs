@@ -15,7 +15,9 @@ use crate::single_thread;
 use crate::state::AppState;
 use actix_web::dev::{Server, ServerHandle, Service};
 use actix_web::{web, App, HttpServer};
-use confab_persistence::{BatchHooks, OnBatch, OnStored, SendBatcher, Store, StoreOptions};
+use confab_persistence::{
+    BatchHooks, OnBatch, OnCommit, OnStored, SendBatcher, Store, StoreOptions,
+};
 use confab_protocol::CloseReason;
 use secrecy::ExposeSecret;
 use std::sync::atomic::Ordering;
@@ -170,6 +172,8 @@ impl Application {
                 Arc::new(move |msg| publish_stored(broker.as_ref(), &keys, msg));
             let sizes = metrics.store_batch_size.clone();
             let on_batch: OnBatch = Arc::new(move |n| sizes.observe(n as f64));
+            let commits = metrics.store_commit.clone();
+            let on_commit: OnCommit = Arc::new(move |d| commits.observe(d.as_secs_f64()));
             SendBatcher::start(
                 store.clone(),
                 settings.database.send_writers,
@@ -179,6 +183,7 @@ impl Application {
                 BatchHooks {
                     on_stored: Some(publish),
                     on_batch: Some(on_batch),
+                    on_commit: Some(on_commit),
                 },
             )
         });

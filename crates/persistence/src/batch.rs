@@ -34,13 +34,21 @@ pub type OnStored = Arc<dyn Fn(&Message) + Send + Sync>;
 /// stores them: how well commits are shared, which is what a message costs the database.
 pub type OnBatch = Arc<dyn Fn(usize) + Send + Sync>;
 
-/// What the writers report as they go. Both hooks run on a writer's task and must not block.
+/// Called with how long each group commit took in the database: the batch statement (its
+/// thread locks, inserts, commit and WAL flush), or a lone send's transaction; right after it
+/// and before its sends are announced or answered. What a send waits for beyond that is the
+/// writer's queue and its linger. Sends a batch left to the one-by-one path are not timed.
+pub type OnCommit = Arc<dyn Fn(Duration) + Send + Sync>;
+
+/// What the writers report as they go. The hooks run on a writer's task and must not block.
 #[derive(Clone, Default)]
 pub struct BatchHooks {
     /// Sees every stored message (see [`OnStored`]).
     pub on_stored: Option<OnStored>,
     /// Sees every batch's size (see [`OnBatch`]).
     pub on_batch: Option<OnBatch>,
+    /// Sees how long every batch took in the database (see [`OnCommit`]).
+    pub on_commit: Option<OnCommit>,
 }
 
 struct Pending {
@@ -106,9 +114,7 @@ impl SendBatcher {
                     if let Some(hook) = &hooks.on_batch {
                         hook(batch.len());
                     }
-                    store
-                        .write_batch(std::mem::take(&mut batch), hooks.on_stored.as_ref())
-                        .await;
+                    store.write_batch(std::mem::take(&mut batch), &hooks).await;
                 }
             });
         }
@@ -174,10 +180,11 @@ const BATCH_SQL: &str =
     "SELECT stored_id, stored_seq FROM confab_store_batch($1, $2, $3, $4, $5, $6)";
 
 impl Store {
-    async fn write_batch(&self, batch: Vec<Pending>, on_stored: Option<&OnStored>) {
+    async fn write_batch(&self, batch: Vec<Pending>, hooks: &BatchHooks) {
+        let on_stored = hooks.on_stored.as_ref();
         if batch.len() == 1 {
             for p in batch {
-                self.store_one(p, on_stored).await;
+                self.store_one(p, on_stored, hooks.on_commit.as_ref()).await;
             }
             return;
         }
@@ -189,7 +196,11 @@ impl Store {
             .partition(|p| seen.insert((p.sender, p.client_msg_id.clone())));
         let ids: Vec<MessageId> = first.iter().map(|_| MessageId::new()).collect();
         let now = Utc::now().trunc_subsecs(6);
+        let started = tokio::time::Instant::now();
         let stored = self.store_batch(&first, &ids, now).await;
+        if let Some(hook) = &hooks.on_commit {
+            hook(started.elapsed());
+        }
         let stored: HashMap<MessageId, i64> = match stored {
             Ok(rows) => rows,
             Err(e) => {
@@ -213,15 +224,25 @@ impl Store {
             let _ = p.reply.send(Ok(SendOutcome::Stored(msg)));
         }
         for p in rest.into_iter().chain(repeats) {
-            self.store_one(p, on_stored).await;
+            self.store_one(p, on_stored, None).await;
         }
     }
 
-    /// Store one send on its own (the single-send path classifies retries and non-members).
-    async fn store_one(&self, p: Pending, on_stored: Option<&OnStored>) {
+    /// Store one send on its own (the single-send path classifies retries and non-members);
+    /// `on_commit`, when given, times its transaction.
+    async fn store_one(
+        &self,
+        p: Pending,
+        on_stored: Option<&OnStored>,
+        on_commit: Option<&OnCommit>,
+    ) {
+        let started = tokio::time::Instant::now();
         let r = self
             .send_message(p.thread, p.sender, &p.client_msg_id, &p.body)
             .await;
+        if let Some(hook) = on_commit {
+            hook(started.elapsed());
+        }
         if let (Ok(SendOutcome::Stored(msg)), Some(hook)) = (&r, on_stored) {
             hook(msg);
         }

@@ -18,7 +18,7 @@ mod thread_list;
 mod threads;
 mod users;
 
-pub use batch::{BatchHooks, OnBatch, OnStored, SendBatcher};
+pub use batch::{BatchHooks, OnBatch, OnCommit, OnStored, SendBatcher};
 pub use error::{Error, Result};
 pub use messages::{EditOutcome, SendOutcome};
 pub use reactions::ReactOutcome;

@@ -384,6 +384,9 @@ async fn counters_move_when_messages_flow_across_nodes() {
     // the refused one never reached the writer.
     assert_eq!(d0(&s0, "confab_store_batch_size_count", &[]), n);
     assert_eq!(d0(&s0, "confab_store_batch_size_sum", &[]), n);
+    // One database turn per commit, each taking some time.
+    assert_eq!(d0(&s0, "confab_store_commit_seconds_count", &[]), n);
+    assert!(d0(&s0, "confab_store_commit_seconds_sum", &[]) > 0.0);
     assert_eq!(
         d0(
             &s0,

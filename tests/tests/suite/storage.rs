@@ -276,6 +276,7 @@ async fn the_batcher_announces_each_stored_message_once_in_seq_order_before_answ
             BatchHooks {
                 on_stored: Some(hook(0)),
                 on_batch: None,
+                on_commit: None,
             },
         ),
         SendBatcher::start(
@@ -287,6 +288,7 @@ async fn the_batcher_announces_each_stored_message_once_in_seq_order_before_answ
             BatchHooks {
                 on_stored: Some(hook(1)),
                 on_batch: None,
+                on_commit: None,
             },
         ),
     ];
@@ -375,7 +377,7 @@ async fn the_batcher_announces_each_stored_message_once_in_seq_order_before_answ
 /// makes "three sends queued together" one batch: they are all queued before the writer runs.
 #[tokio::test(flavor = "current_thread")]
 async fn a_lingering_writer_fills_small_batches_under_load_and_never_delays_a_lone_send() {
-    use confab_persistence::{BatchHooks, OnBatch, SendBatcher, SendOutcome};
+    use confab_persistence::{BatchHooks, OnBatch, OnCommit, SendBatcher, SendOutcome};
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
@@ -399,6 +401,11 @@ async fn a_lingering_writer_fills_small_batches_under_load_and_never_delays_a_lo
         let sizes = sizes.clone();
         Arc::new(move |n| sizes.lock().unwrap_or_else(|p| p.into_inner()).push(n))
     };
+    let commits: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let on_commit: OnCommit = {
+        let commits = commits.clone();
+        Arc::new(move |d| commits.lock().unwrap_or_else(|p| p.into_inner()).push(d))
+    };
     // Batches of at most 4, so a lingering writer gathers until it holds 4.
     let batcher = SendBatcher::start(
         store.clone(),
@@ -409,6 +416,7 @@ async fn a_lingering_writer_fills_small_batches_under_load_and_never_delays_a_lo
         BatchHooks {
             on_stored: None,
             on_batch: Some(on_batch),
+            on_commit: Some(on_commit),
         },
     );
     let send = |k: usize| {
@@ -435,6 +443,7 @@ async fn a_lingering_writer_fills_small_batches_under_load_and_never_delays_a_lo
     assert_eq!(sizes_now(), vec![3]);
 
     // Under load a lone send waits for company...
+    let lingered_from = std::time::Instant::now();
     let lone = send(3);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(
@@ -452,6 +461,19 @@ async fn a_lingering_writer_fills_small_batches_under_load_and_never_delays_a_lo
         );
     }
     assert_eq!(sizes_now(), vec![3, 4]);
+    // The commit hook times each batch's database work, not the linger before it: the lone
+    // send lingered at least the 200 ms slept above, its batch's statement took a few ms.
+    let lingered = lingered_from.elapsed();
+    let commit_times = commits.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    assert_eq!(
+        commit_times.len(),
+        2,
+        "one commit per batch: {commit_times:?}"
+    );
+    assert!(
+        commit_times.iter().all(|d| !d.is_zero()) && commit_times[1] < lingered,
+        "commit times {commit_times:?} against a send that waited {lingered:?}"
+    );
 
     // After a full batch, and after a batch of one, nothing waits: each lone send is stored on
     // its own (with an hour's linger, a send that lingered would hang here).
@@ -463,6 +485,8 @@ async fn a_lingering_writer_fills_small_batches_under_load_and_never_delays_a_lo
         );
     }
     assert_eq!(sizes_now(), vec![3, 4, 1, 1]);
+    // Each timed before its senders were answered.
+    assert_eq!(commits.lock().unwrap_or_else(|p| p.into_inner()).len(), 4);
 }
 
 /// A store on a fresh, migrated Postgres database, on a pool of `connections`.
