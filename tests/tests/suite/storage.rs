@@ -580,8 +580,14 @@ async fn send_together(
 /// it goes idle, at most once a second unless told; the pool has one connection, so it is the
 /// one that did the work).
 async fn flushed_scans(store: &confab_persistence::Store) -> Vec<(String, i64, i64)> {
+    scan_counts(flushed_stats(store, SCANS).await)
+}
+
+/// Run `sql` (a read of Postgres's statistics views) once this connection's pending counts
+/// are flushed to them (on a pool of one connection: the counts of everything run before).
+async fn flushed_stats(store: &confab_persistence::Store, sql: &str) -> Vec<sea_orm::QueryResult> {
     raw(store, "SELECT pg_stat_force_next_flush()").await;
-    scan_counts(raw(store, SCANS).await)
+    raw(store, sql).await
 }
 
 /// Assert that no sequential scan of the three tables happened between `before` and `after`,
@@ -600,8 +606,7 @@ fn assert_index_only(before: &[(String, i64, i64)], after: &[(String, i64, i64)]
 
 /// `(updates, HOT updates)` of `threads` so far, flushed as [`flushed_scans`] does.
 async fn thread_updates(store: &confab_persistence::Store) -> (i64, i64) {
-    raw(store, "SELECT pg_stat_force_next_flush()").await;
-    let rows = raw(
+    let rows = flushed_stats(
         store,
         "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'threads'",
     )
@@ -901,12 +906,10 @@ async fn the_batch_store_function_probes_for_retries_after_messages_grow() {
     };
     const READ: &str = "SELECT idx_tup_read AS n FROM pg_stat_user_indexes \
          WHERE indexrelname = 'uq_messages_sender_client_msg'";
-    raw(&store, "SELECT pg_stat_force_next_flush()").await;
-    let before = entries_read(raw(&store, READ).await);
+    let before = entries_read(flushed_stats(&store, READ).await);
     let second = call_store_batch(store.connection(), thread, &members, "second").await;
     assert_eq!(second.len(), 10, "every send of the second batch stored");
-    raw(&store, "SELECT pg_stat_force_next_flush()").await;
-    let after = entries_read(raw(&store, READ).await);
+    let after = entries_read(flushed_stats(&store, READ).await);
     // Ten probes for keys that do not exist read nothing; a merge reads the 5,030 entries.
     assert!(
         after - before < 100,
