@@ -298,11 +298,16 @@ impl Chat {
     /// The threads of a user, from the source of truth. Sessions use this at connect: a stale
     /// mirror must never let a former member subscribe to a thread.
     pub async fn user_threads(&self, user: UserId) -> Result<Vec<ThreadId>> {
-        let threads = self.lookups.user_thread_ids(user).await?;
-        if let Err(e) = self.directory.warm_user(user, &threads).await {
+        Ok(self.lookups.user_thread_ids(user).await?)
+    }
+
+    /// Write what the source of truth said of `user`'s threads into the membership mirror.
+    /// Nothing waits for its answer but the caller, and a failure only leaves the mirror cold,
+    /// so a connect runs it beside its subscriptions rather than before them.
+    pub async fn warm_mirror(&self, user: UserId, threads: &[ThreadId]) {
+        if let Err(e) = self.directory.warm_user(user, threads).await {
             tracing::debug!(error = %e, "directory warm failed");
         }
-        Ok(threads)
     }
 
     /// After a failed mirror write, make the user's mirror entry cold (so the next connect

@@ -202,7 +202,13 @@ impl Session {
             tracing::warn!(error = %e, "session start failed");
             CloseReason::TryAgainLater
         })?;
-        let heads = self.state.hub.join(self.id, &threads).await.map_err(|e| {
+        // The mirror's warm is a Redis write nothing here depends on: beside the join it
+        // costs a connect no round trip of its own.
+        let (heads, ()) = tokio::join!(
+            self.state.hub.join(self.id, &threads),
+            self.state.chat.warm_mirror(user, &threads)
+        );
+        let heads = heads.map_err(|e| {
             tracing::warn!(error = %e, "session start failed");
             CloseReason::TryAgainLater
         })?;
