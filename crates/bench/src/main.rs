@@ -15,6 +15,12 @@ use confab_bench::{secs, BenchError, Result};
 use serde::Serialize;
 use std::path::PathBuf;
 
+/// jemalloc instead of glibc's malloc, as the nodes use: the generator shares the machine with
+/// the nodes it measures, so every CPU-second it spends is one the nodes do not get.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Load tester for Confab gateway nodes (loopback only).
 #[derive(Parser)]
 #[command(name = "confab-bench", version, about)]
