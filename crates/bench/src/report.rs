@@ -151,16 +151,23 @@ pub(crate) fn window_pairs(runs: &[FanoutReport]) -> Vec<(&FanoutReport, &Fanout
         .collect()
 }
 
+/// Whether a run counts toward the rooms-of-10 figures: rooms of 10, and not sampled by perf
+/// (the sampling disturbs a profiled run's figures; they serve the profile only).
+pub(crate) fn counts(f: &FanoutReport) -> bool {
+    f.room_size == 10 && !f.label.starts_with("profile")
+}
+
+/// Whether a run counts toward the latency and ceiling figures: [`counts`], on nodes without a
+/// flush window (a window trades latency for CPU; those runs have a section of their own).
+pub(crate) fn counts_unwindowed(f: &FanoutReport) -> bool {
+    counts(f) && window_ms(&f.label).is_none()
+}
+
 /// The fanout run closest to `deliveries` per second offered (rooms of 10, no flush window).
 fn closest(fanout: &[FanoutReport], deliveries: f64) -> Option<&FanoutReport> {
     fanout
         .iter()
-        .filter(|f| {
-            f.room_size == 10
-                && !f.label.starts_with("store")
-                && !f.label.starts_with("profile")
-                && window_ms(&f.label).is_none()
-        })
+        .filter(|f| counts_unwindowed(f) && !f.label.starts_with("store"))
         .min_by(|a, b| {
             let da = (a.rate_offered * 9.0 - deliveries).abs();
             let db = (b.rate_offered * 9.0 - deliveries).abs();
@@ -255,7 +262,7 @@ fn figures(w: &mut String, r: &Results) {
                 .iter()
                 .filter(|f| crate::ramp::verdict(f, bound).is_none()),
         )
-        .filter(|f| f.room_size == 10 && !f.label.starts_with("profile"));
+        .filter(|f| counts(f));
     match loss_free.max_by(|a, b| {
         a.deliveries_per_server_cpu_s
             .total_cmp(&b.deliveries_per_server_cpu_s)
@@ -341,12 +348,7 @@ fn figures(w: &mut String, r: &Results) {
         .fanout
         .iter()
         .chain(&r.ramp_steps)
-        .filter(|f| {
-            f.room_size == 10
-                && !f.label.starts_with("profile")
-                && window_ms(&f.label).is_none()
-                && crate::ramp::verdict(f, bound).is_none()
-        })
+        .filter(|f| counts_unwindowed(f) && crate::ramp::verdict(f, bound).is_none())
         .max_by(|a, b| a.delivered_per_sec.total_cmp(&b.delivered_per_sec));
     match best {
         Some(f) => {

@@ -7,9 +7,7 @@
 //! (`perf report --sort dso` of a profiled run) and their system-call counts over the same
 //! window (`perf stat`), and the ramp's steps.
 
-use super::{
-    closest, machine_cpus, metric_mean_ms, n0, per_unit, window_ms, window_pairs, Inputs, Results,
-};
+use super::{closest, machine_cpus, metric_mean_ms, n0, per_unit, window_pairs, Inputs, Results};
 use crate::fanout::FanoutReport;
 use crate::procstat::CpuWindow;
 use std::collections::BTreeMap;
@@ -127,12 +125,12 @@ fn rate_needs(w: &mut String, what: &str, target: f64, total_us: f64, generator_
     );
 }
 
-/// Runs that count for the latency and ceiling figures: rooms of 10, not sampled by perf, on
-/// nodes without a flush window (those have a section of their own).
+/// Runs that count for the latency and ceiling figures (fanout runs and ramp steps).
 fn measured(r: &Results) -> impl Iterator<Item = &FanoutReport> {
-    r.fanout.iter().chain(&r.ramp_steps).filter(|f| {
-        f.room_size == 10 && !f.label.starts_with("profile") && window_ms(&f.label).is_none()
-    })
+    r.fanout
+        .iter()
+        .chain(&r.ramp_steps)
+        .filter(|f| super::counts_unwindowed(f))
 }
 
 /// The section; empty when every one of these targets was met or none was measured.
