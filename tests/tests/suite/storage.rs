@@ -791,8 +791,9 @@ async fn the_batch_store_function_reads_its_tables_by_index_only() {
 /// The batch store function carries its planner settings whatever the session asks for: index
 /// scans (m0005, kept by m0007), one generic plan per connection (m0009: without it, a
 /// connection whose first batches were small planned every later batch anew) and nested-loop
-/// joins only (m0010). A migration that recreates the function must repeat all four. Batches of 1 to 64 sends, in a session that asks for
-/// a custom plan on every call, are each stored and numbered in order after the last.
+/// joins only (m0010). A migration that recreates the function must repeat all four. Batches
+/// of 1 to 64 sends, in a session that asks for a custom plan on every call, are each stored
+/// and numbered in order after the last.
 #[tokio::test(flavor = "current_thread")]
 async fn the_batch_store_function_keeps_its_planner_settings() {
     use sea_orm::{ConnectionTrait, TransactionTrait};

@@ -7,7 +7,10 @@
 //! (`perf report --sort dso` of a profiled run) and their system-call counts over the same
 //! window (`perf stat`), and the ramp's steps.
 
-use super::{closest, machine_cpus, metric_mean_ms, n0, per_unit, window_pairs, Inputs, Results};
+use super::{
+    closest, counts_unwindowed, machine_cpus, metric_mean_ms, n0, per_unit, window_pairs, Inputs,
+    Results,
+};
 use crate::fanout::FanoutReport;
 use crate::procstat::CpuWindow;
 use std::collections::BTreeMap;
@@ -130,7 +133,7 @@ fn measured(r: &Results) -> impl Iterator<Item = &FanoutReport> {
     r.fanout
         .iter()
         .chain(&r.ramp_steps)
-        .filter(|f| super::counts_unwindowed(f))
+        .filter(|f| counts_unwindowed(f))
 }
 
 /// The section; empty when every one of these targets was met or none was measured.
