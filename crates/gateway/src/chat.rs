@@ -20,6 +20,18 @@ mod messages;
 mod reading;
 mod rooms;
 
+/// Refuse text holding a NUL character. Postgres cannot store one in a text column (the write
+/// would fail as a server fault after the checks passed), and the embedded store must refuse
+/// exactly what Postgres refuses, so the rule is checked here, before either sees it.
+pub fn check_no_nul(what: &str, text: &str) -> Result<()> {
+    if text.contains('\0') {
+        return Err(Error::BadRequest(format!(
+            "{what} must not contain NUL (\\u0000) characters"
+        )));
+    }
+    Ok(())
+}
+
 /// Announce a stored message on its thread's channel: serialized here, once for every node.
 /// The send batcher calls it right after each commit ([`confab_persistence::OnStored`]).
 pub fn publish_stored(broker: &dyn Broker, keys: &Keys, msg: &Message) {
@@ -88,6 +100,7 @@ impl Chat {
                 self.limits.max_id_chars
             )));
         }
+        check_no_nul("client_msg_id", &client_msg_id)?;
         self.check_body(&body)?;
         let started = Instant::now();
         let outcome = match &self.batcher {
@@ -115,6 +128,9 @@ impl Chat {
                 Ok((msg, false))
             }
             SendOutcome::Duplicate(msg) => Ok((msg, true)),
+            SendOutcome::KeyReused => Err(Error::Conflict(
+                "client_msg_id was already used for a message in another thread".into(),
+            )),
             SendOutcome::NotMember => Err(Error::NotMember),
         }
     }
@@ -124,6 +140,7 @@ impl Chat {
         if body.trim().is_empty() {
             return Err(Error::BadRequest("body must not be empty".into()));
         }
+        check_no_nul("body", body)?;
         let n = body.chars().count();
         if n > self.limits.max_body_chars {
             return Err(Error::TooLarge(format!(
@@ -166,6 +183,7 @@ impl Chat {
                         "a thread name has at most 100 characters".into(),
                     ));
                 }
+                check_no_nul("name", name)?;
                 let t = self
                     .store
                     .create_group_thread(caller.id, &others, name, req.public)

@@ -104,6 +104,7 @@ impl From<confab_persistence::Error> for Error {
         match e {
             P::NotFound => Error::NotFound("object"),
             P::Conflict(what) => Error::Conflict(format!("already exists ({what})")),
+            P::Invalid(what) => Error::BadRequest(what),
             P::Unavailable(cause) => {
                 tracing::warn!(error = %cause, "database unavailable");
                 Error::Unavailable("database unavailable, retry later".into())

@@ -12,6 +12,11 @@ pub enum Error {
     /// A unique constraint was violated (e.g. a taken username).
     #[error("conflict: {0}")]
     Conflict(String),
+    /// The database refused a value the caller gave (a Postgres data exception, class 22: a NUL
+    /// character in text, a number out of range): the input, not a fault of the server. The
+    /// gateway refuses such input before it gets here; this keeps one it missed a 400.
+    #[error("invalid value: {0}")]
+    Invalid(String),
     /// The database could not be reached (down, restarting, pool exhausted). Nothing was written.
     #[error("database unavailable: {0}")]
     Unavailable(DbErr),
@@ -30,6 +35,9 @@ impl From<DbErr> for Error {
         }
         if is_unavailable(&e) {
             return Error::Unavailable(e);
+        }
+        if let Some(what) = data_exception(&e) {
+            return Error::Invalid(what);
         }
         Error::Db(e)
     }
@@ -59,6 +67,23 @@ fn is_unavailable(e: &DbErr) -> bool {
             .iter()
             .any(|needle| text.contains(needle))
         }
+    }
+}
+
+/// A Postgres data exception (SQLSTATE class 22), as a message that names the rule and not the
+/// database's internals.
+fn data_exception(e: &DbErr) -> Option<String> {
+    let (DbErr::Exec(RuntimeErr::SqlxError(sea_orm::sqlx::Error::Database(db)))
+    | DbErr::Query(RuntimeErr::SqlxError(sea_orm::sqlx::Error::Database(db)))) = e
+    else {
+        return None;
+    };
+    let code = db.code()?;
+    match code.as_ref() {
+        // character_not_in_repertoire: the only invalid text valid UTF-8 can be is a NUL.
+        "22021" => Some("text must not contain NUL (\\u0000) characters".into()),
+        c if c.starts_with("22") => Some("a value is out of range or malformed".into()),
+        _ => None,
     }
 }
 

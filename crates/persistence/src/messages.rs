@@ -17,8 +17,12 @@ use std::collections::BTreeMap;
 pub enum SendOutcome {
     /// Stored now (committed).
     Stored(Message),
-    /// This sender had already stored this `client_msg_id`: the original message.
+    /// This sender had already stored this `client_msg_id` in this thread: the original message.
     Duplicate(Message),
+    /// This sender had already used this `client_msg_id` for a message in *another* thread: not
+    /// a retry of this send but a reused key, so nothing is stored and nothing is acknowledged
+    /// (answering with the other thread's message would ack a send that was never stored).
+    KeyReused,
     /// The sender is not a member of the thread (or the thread does not exist).
     NotMember,
 }
@@ -99,8 +103,12 @@ impl Store {
                     .await
             }
             Backend::Sqlite => {
+                // Only a retry into the same thread is answered before the membership check
+                // (as Postgres does); a key of another thread fails the insert below instead.
                 if let Some(orig) = self.find_by_client_id(sender, client_msg_id).await? {
-                    return Ok(SendOutcome::Duplicate(orig));
+                    if orig.thread_id == thread_id {
+                        return Ok(SendOutcome::Duplicate(orig));
+                    }
                 }
                 self.send_message_txn(thread_id, sender, client_msg_id, body)
                     .await
@@ -110,7 +118,8 @@ impl Store {
             Err(Error::Conflict(_)) => {
                 // A retry: this client_msg_id was stored before (or by a concurrent retry).
                 match self.find_by_client_id(sender, client_msg_id).await? {
-                    Some(orig) => Ok(SendOutcome::Duplicate(orig)),
+                    Some(orig) if orig.thread_id == thread_id => Ok(SendOutcome::Duplicate(orig)),
+                    Some(_) => Ok(SendOutcome::KeyReused),
                     None => Err(Error::Conflict("message".into())),
                 }
             }

@@ -448,6 +448,117 @@ both_backends!(
 );
 
 both_backends!(
+    text_with_a_nul_character_is_a_bad_request_everywhere,
+    |b: Backend| async move {
+        let c = Cluster::start(b, 2).await;
+        let (_alice, at) = c.user("alice").await;
+        let (bob, bt) = c.user("bob").await;
+        let h = c.http(0);
+        let thread = h.create_thread(&at, &[&bob], None).await;
+        let bad = |(s, e): (u16, Value)| (s, e["code"].as_str().map(str::to_owned));
+        let (s, e) = h
+            .post(
+                "/api/v1/threads",
+                Some(&at),
+                json!({"member_ids": [bob.id], "name": "a\u{0}b"}),
+            )
+            .await;
+        assert_eq!(bad((s, e)), (400, Some("bad_request".into())), "name");
+        let found = h.get("/api/v1/users?q=b%00", Some(&at)).await;
+        assert_eq!(bad(found), (400, Some("bad_request".into())), "search");
+        let login = h
+            .post(
+                "/api/v1/sessions",
+                None,
+                json!({"username": "alice\u{0}", "password": "correct horse"}),
+            )
+            .await;
+        assert_eq!(bad(login), (401, Some("unauthorized".into())), "login");
+        let mut a = c.ws(0, &at).await;
+        let mut b2 = c.ws(1, &bt).await;
+        for (cid, body) in [("nul-body", "x\u{0}y"), ("nul\u{0}id", "fine")] {
+            let r = a.send_msg(thread, cid, body).await;
+            assert_eq!(r["code"], "bad_request", "{cid:?}: {r}");
+        }
+        let ok = a.send_msg(thread, "fine", "fine").await;
+        assert_eq!(
+            (ok["type"].as_str(), ok["seq"].as_i64()),
+            (Some("ack"), Some(1))
+        );
+        b2.recv_until(is_msg("fine")).await;
+        let id = ok["id"].as_str().unwrap_or_default().to_owned();
+        let edit = a
+            .request(json!({"type":"edit","message_id":id,"body":"z\u{0}"}))
+            .await;
+        assert_eq!(edit["code"], "bad_request", "{edit}");
+        let report = h
+            .post(
+                &format!("/api/v1/messages/{id}/report"),
+                Some(&bt),
+                json!({"reason": "sp\u{0}am"}),
+            )
+            .await;
+        assert_eq!(bad(report), (400, Some("bad_request".into())), "report");
+        let (_, page) = h
+            .get(&format!("/api/v1/threads/{thread}/messages"), Some(&at))
+            .await;
+        assert_eq!(page["messages"][0]["body"], "fine", "{page}");
+        assert_eq!(page["messages"].as_array().map(Vec::len), Some(1), "{page}");
+        c.stop().await;
+    }
+);
+
+both_backends!(
+    a_client_msg_id_reused_in_another_thread_is_refused_not_acked,
+    |b: Backend| async move {
+        let c = Cluster::start(b, 2).await;
+        let (_alice, at) = c.user("alice").await;
+        let (bob, bt) = c.user("bob").await;
+        let (carol, ct) = c.user("carol").await;
+        let with_bob = c.http(0).create_thread(&at, &[&bob], None).await;
+        let with_carol = c.http(0).create_thread(&at, &[&carol], None).await;
+        let not_mine = c.http(0).create_thread(&bt, &[&carol], None).await;
+        let mut a = c.ws(0, &at).await;
+        let mut carol_ws = c.ws(1, &ct).await;
+        let first = a.send_msg(with_bob, "k", "to bob").await;
+        assert_eq!(first["type"], "ack", "{first}");
+        // The same key in another thread is not a retry of that send: no ack naming the
+        // other thread's message, nothing stored, nothing delivered.
+        let reused = a.send_msg(with_carol, "k", "to carol").await;
+        assert_eq!(
+            (reused["type"].as_str(), reused["code"].as_str()),
+            (Some("error"), Some("conflict")),
+            "{reused}"
+        );
+        carol_ws
+            .expect_none(is_msg("to carol"), Duration::from_millis(600))
+            .await;
+        let (_, page) = c
+            .http(1)
+            .get(&format!("/api/v1/threads/{with_carol}/messages"), Some(&ct))
+            .await;
+        assert_eq!(page["messages"].as_array().map(Vec::len), Some(0), "{page}");
+        // A thread the sender is not in stays `not_member`, whatever the key.
+        let outside = a.send_msg(not_mine, "k", "intrude").await;
+        assert_eq!(outside["code"], "not_member", "{outside}");
+        // The genuine retry still gets the original ack, naming its own thread; and the
+        // refused send took no `seq` (the next one in that thread is 1).
+        let again = a.send_msg(with_bob, "k", "to bob").await;
+        assert_eq!(
+            (&again["thread_id"], &again["id"], &again["duplicate"]),
+            (&json!(with_bob), &first["id"], &json!(true)),
+            "{again}"
+        );
+        let next = a.send_msg(with_carol, "k2", "to carol").await;
+        assert_eq!(
+            (next["type"].as_str(), next["seq"].as_i64()),
+            (Some("ack"), Some(1))
+        );
+        c.stop().await;
+    }
+);
+
+both_backends!(
     resume_replays_the_gap_in_order_before_live_messages,
     |b: Backend| async move {
         let c = Cluster::start(b, 2).await;

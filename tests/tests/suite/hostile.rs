@@ -7,8 +7,12 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::{json, Value};
 
-fn json_value() -> impl Strategy<Value = Value> {
+/// Random JSON; `thread` (a thread the fuzzing user is in) is one of its leaves, so sends, typing
+/// and resumes get past the membership check and reach the store.
+fn json_value(thread: String) -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
+        Just(json!(thread)),
+        Just(json!("nul \u{0} inside")),
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(|n| json!(n)),
@@ -30,7 +34,7 @@ fn json_value() -> impl Strategy<Value = Value> {
 }
 
 /// Frames that look like ours: a known type, plausible and implausible fields.
-fn frame() -> impl Strategy<Value = String> {
+fn frame(thread: String) -> impl Strategy<Value = String> {
     let types = prop::sample::select(vec![
         "send",
         "resume",
@@ -58,7 +62,7 @@ fn frame() -> impl Strategy<Value = String> {
             "last_seq",
             "extra",
         ]),
-        json_value(),
+        json_value(thread.clone()),
         0..6,
     );
     prop_oneof![
@@ -68,7 +72,7 @@ fn frame() -> impl Strategy<Value = String> {
             o.insert("type".into(), json!(t));
             Value::Object(o).to_string()
         }),
-        json_value().prop_map(|v| v.to_string()),
+        json_value(thread).prop_map(|v| v.to_string()),
         ".{0,200}",
     ]
 }
@@ -80,7 +84,7 @@ fn random_frames_never_break_a_live_session() {
         .enable_all()
         .build()
         .unwrap_or_else(|e| panic!("{e}"));
-    let (c, token) = rt.block_on(async {
+    let (c, token, thread) = rt.block_on(async {
         let c = Cluster::start_with(Backend::Cluster, 1, |s| {
             s.limits.frames_per_sec = 1_000_000.0;
             s.limits.frames_burst = 1_000_000.0;
@@ -89,7 +93,9 @@ fn random_frames_never_break_a_live_session() {
         })
         .await;
         let (_u, t) = c.user("fuzz").await;
-        (c, t)
+        let (peer, _) = c.user("peer").await;
+        let thread = c.http(0).create_thread(&t, &[&peer], None).await;
+        (c, t, thread)
     });
     let ws = std::sync::Mutex::new(Some(rt.block_on(c.ws(0, &token))));
     let mut runner = TestRunner::new(Config {
@@ -98,7 +104,7 @@ fn random_frames_never_break_a_live_session() {
         ..Config::default()
     });
     let cases = std::sync::atomic::AtomicUsize::new(0);
-    let result = runner.run(&frame(), |text| {
+    let result = runner.run(&frame(thread.to_string()), |text| {
         cases.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut guard = ws.lock().unwrap_or_else(|p| p.into_inner());
         let Some(mut client) = guard.take() else {

@@ -1175,3 +1175,62 @@ async fn fresh_store_at(url: &str, connections: u32) -> confab_persistence::Stor
     .await
     .unwrap_or_else(|e| panic!("{e}"))
 }
+
+/// The store's own answers to input the gateway normally refuses first, on the lone-send
+/// statement and on the batch path alike: a `client_msg_id` its sender already used in another
+/// thread is `KeyReused` (not a `Duplicate` carrying the other thread's message), and text with a
+/// NUL character — which a Postgres text column cannot hold — is `Invalid` (a 400, not a server
+/// fault), while the sends batched with it are stored.
+#[tokio::test(flavor = "current_thread")]
+async fn reused_keys_and_nul_text_are_refused_on_both_store_paths() {
+    use confab_persistence::{Error, SendOutcome};
+
+    let (store, members, thread) = small_analyzed_store(2).await;
+    let other = store
+        .create_group_thread(members[0], &members[1..], "elsewhere", false)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .id;
+    let batcher = plain_batcher(&store);
+    let first = store.send_message(thread, members[0], "k", "hi").await;
+    let Ok(SendOutcome::Stored(first)) = first else {
+        panic!("not stored: {first:?}");
+    };
+    let lone = store.send_message(other, members[0], "k", "hi").await;
+    assert!(matches!(lone, Ok(SendOutcome::KeyReused)), "{lone:?}");
+    let batched = batcher.send(other, members[0], "k", "hi").await;
+    assert!(matches!(batched, Ok(SendOutcome::KeyReused)), "{batched:?}");
+    let retry = store.send_message(thread, members[0], "k", "hi").await;
+    assert!(
+        matches!(&retry, Ok(SendOutcome::Duplicate(m)) if m.id == first.id),
+        "{retry:?}"
+    );
+
+    let lone = store.send_message(thread, members[1], "nul", "a\0b").await;
+    assert!(matches!(lone, Err(Error::Invalid(_))), "{lone:?}");
+    // One bad send among good ones fails the batch statement; the writer then stores the rest
+    // one by one.
+    let sends: Vec<_> = (0..4)
+        .map(|k| {
+            let b = batcher.clone();
+            let body = if k == 2 { "bad\0" } else { "good" };
+            let member = members[k];
+            tokio::spawn(async move { b.send(thread, member, format!("b{k}"), body).await })
+        })
+        .collect();
+    for (k, s) in sends.into_iter().enumerate() {
+        let out = s.await.unwrap_or_else(|e| panic!("{e}"));
+        if k == 2 {
+            assert!(matches!(out, Err(Error::Invalid(_))), "{out:?}");
+        } else {
+            assert!(matches!(out, Ok(SendOutcome::Stored(_))), "{k}: {out:?}");
+        }
+    }
+    let n = raw(
+        &store,
+        &format!("SELECT count(*) AS n FROM messages WHERE thread_id IN ('{thread}', '{other}')"),
+    )
+    .await;
+    let n: i64 = n[0].try_get("", "n").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(n, 4, "the first send and the three good batched ones");
+}

@@ -133,6 +133,7 @@ impl Chat {
         if reason.trim().is_empty() {
             return Err(Error::BadRequest("reason must not be empty".into()));
         }
+        super::check_no_nul("reason", reason)?;
         let n = reason.chars().count();
         if n > max {
             return Err(Error::TooLarge(format!(

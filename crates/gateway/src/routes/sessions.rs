@@ -14,7 +14,9 @@ pub async fn login(
 ) -> Result<web::Json<LoginResponse>> {
     let Credentials { username, password } = body.into_inner();
     let wrong = || Error::Unauthorized("wrong username or password".into());
-    if username.len() > 64 || password.len() > 1024 {
+    // No stored name holds a NUL (registration allows letters, digits, `_`, `-`, `.`), and
+    // Postgres would refuse to even compare one: such a login is just wrong credentials.
+    if username.len() > 64 || password.len() > 1024 || username.contains('\0') {
         return Err(wrong());
     }
     let found = state.store.user_for_login(&username).await?;

@@ -82,6 +82,7 @@ pub async fn search(
     if q.chars().count() > 32 {
         return Err(Error::BadRequest("query too long".into()));
     }
+    crate::chat::check_no_nul("q", &q)?;
     Ok(web::Json(
         state.store.search_users(&q, me.user.id, 20).await?,
     ))
