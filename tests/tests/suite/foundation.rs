@@ -448,6 +448,52 @@ both_backends!(
 );
 
 both_backends!(
+    a_thread_listed_twice_in_a_resume_is_replayed_once_from_the_lowest_seq,
+    |b: Backend| async move {
+        let c = Cluster::start(b, 2).await;
+        let (_alice, at) = c.user("alice").await;
+        let (bob, bt) = c.user("bob").await;
+        let thread = c.http(0).create_thread(&at, &[&bob], None).await;
+        let mut a = c.ws(0, &at).await;
+        for i in 1..=3 {
+            a.send_msg(thread, &format!("m{i}"), &format!("m{i}")).await;
+        }
+        let mut bob_ws = c.ws(1, &bt).await;
+        bob_ws
+            .send_json(json!({"type":"resume","req":"twice","threads":[
+                {"thread_id":thread,"last_seq":2},
+                {"thread_id":thread,"last_seq":1},
+                {"thread_id":thread,"last_seq":3}]}))
+            .await;
+        let mut replayed = Vec::new();
+        let reply = loop {
+            let f = bob_ws
+                .recv_until(|f| f["type"] == "message" || f["type"] == "resumed")
+                .await;
+            if f["type"] == "resumed" {
+                break f;
+            }
+            replayed.push(f["seq"].as_i64().unwrap_or(-1));
+        };
+        assert_eq!(replayed, vec![2, 3], "{reply}");
+        let threads = reply["threads"].as_array().cloned().unwrap_or_default();
+        assert_eq!(threads.len(), 1, "{reply}");
+        assert_eq!(
+            (
+                threads[0]["from_seq"].as_i64(),
+                threads[0]["replayed"].as_i64()
+            ),
+            (Some(2), Some(2)),
+            "{reply}"
+        );
+        bob_ws
+            .expect_none(|f| f["type"] == "message", Duration::from_millis(500))
+            .await;
+        c.stop().await;
+    }
+);
+
+both_backends!(
     text_with_a_nul_character_is_a_bad_request_everywhere,
     |b: Backend| async move {
         let c = Cluster::start(b, 2).await;

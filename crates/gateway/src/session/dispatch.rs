@@ -4,7 +4,8 @@
 use super::{End, Session};
 use crate::error::Error;
 use actix_ws::Message as WsMessage;
-use confab_protocol::{ClientFrame, ErrorCode, ResumePoint, ResumeResult, ServerFrame};
+use confab_protocol::{ClientFrame, ErrorCode, ResumePoint, ResumeResult, ServerFrame, ThreadId};
+use std::collections::hash_map::{Entry, HashMap};
 
 /// The `req` of a frame that failed to decode, if it has a readable one, so even a refusal can
 /// be matched to its request.
@@ -143,13 +144,29 @@ impl Session {
         }
         let max_replay = limits.session.max_resume_replay as i64;
         let batch = limits.session.replay_batch.max(1);
-        let mut results = Vec::with_capacity(points.len());
+        // A thread listed twice is replayed once, from the lowest `last_seq` given: replaying
+        // it per entry would send the same messages again (and read them again, per copy).
+        let mut index: HashMap<ThreadId, usize> = HashMap::with_capacity(points.len());
+        let mut wanted: Vec<(ThreadId, i64)> = Vec::with_capacity(points.len());
         for p in points {
+            match index.entry(p.thread_id) {
+                Entry::Occupied(e) => {
+                    let last_seq = &mut wanted[*e.get()].1;
+                    *last_seq = (*last_seq).min(p.last_seq);
+                }
+                Entry::Vacant(e) => {
+                    e.insert(wanted.len());
+                    wanted.push((p.thread_id, p.last_seq));
+                }
+            }
+        }
+        let mut results = Vec::with_capacity(wanted.len());
+        for (thread_id, last_seq) in wanted {
             // Threads the user is not in are skipped: never replay a stranger's thread.
-            let Some(&head) = self.cursors.get(&p.thread_id) else {
+            let Some(&head) = self.cursors.get(&thread_id) else {
                 continue;
             };
-            let from = p.last_seq.clamp(0, head);
+            let from = last_seq.clamp(0, head);
             let (start, truncated) = if head - from > max_replay {
                 (head - max_replay, true)
             } else {
@@ -161,7 +178,7 @@ impl Session {
                 let msgs = self
                     .state
                     .store
-                    .messages_after(p.thread_id, after, batch)
+                    .messages_after(thread_id, after, batch)
                     .await
                     .map_err(Error::from)?;
                 if msgs.is_empty() {
@@ -179,7 +196,7 @@ impl Session {
                 }
             }
             results.push(ResumeResult {
-                thread_id: p.thread_id,
+                thread_id,
                 replayed,
                 truncated,
                 from_seq: start + 1,
