@@ -56,6 +56,9 @@ pub struct ServerSettings {
     pub backlog: u32,
     /// Maximum concurrent connections per worker.
     pub max_connections_per_worker: usize,
+    /// Web origins whose pages may call the API and open WebSockets from a browser: `*` (any),
+    /// or a comma-separated list of `scheme://host[:port]`; empty = none (see `cors.rs`).
+    pub cors_allowed_origins: String,
 }
 
 /// `server.single_thread`: `true`, `false` or `"auto"`.

@@ -8,6 +8,7 @@ pub mod broker;
 pub mod chat;
 pub mod coalesce;
 pub mod config;
+pub mod cors;
 pub mod directory;
 pub mod envelope;
 pub mod error;

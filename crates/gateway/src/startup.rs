@@ -3,6 +3,7 @@
 use crate::broker::{Broker, Inbound, MemoryBroker, RedisBroker, RedisBrokerOptions};
 use crate::chat::{publish_stored, Chat};
 use crate::config::{ms, Settings};
+use crate::cors::AllowedOrigins;
 use crate::directory::{Directory, MemoryDirectory, RedisDirectory};
 use crate::error::{Error, Result};
 use crate::hub::Hub;
@@ -123,6 +124,8 @@ impl Application {
             actix_web::rt::System::try_current().is_some(),
         )
         .map_err(|e| startup_err("server.single_thread", e))?;
+        let origins = AllowedOrigins::parse(&settings.server.cors_allowed_origins)
+            .map_err(|e| startup_err("server.cors_allowed_origins", e))?;
         let node_id = if settings.node.id.is_empty() {
             format!("node-{:08x}", rand::random::<u32>())
         } else {
@@ -216,6 +219,7 @@ impl Application {
             tracker: TaskTracker::new(),
             redis_pool,
             single_thread,
+            origins,
         });
 
         // Before serving: forget the sessions a previous life under this node name left behind,
@@ -267,6 +271,9 @@ impl Application {
                 .default_service(web::to(|| async {
                     Err::<actix_web::HttpResponse, _>(Error::NotFound("route"))
                 }))
+                // Outermost: preflights are answered before routing, and every answer —
+                // errors and 404s included — carries the headers a browser needs to read it.
+                .wrap(data.origins.middleware())
         };
         if single_thread {
             let max_connections = settings.server.max_connections_per_worker.max(1);

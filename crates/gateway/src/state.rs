@@ -50,6 +50,8 @@ pub struct AppState {
     /// The node serves on its own thread (`server.single_thread`): sessions, the broker and the
     /// writers share it, so deliveries need no hand-off between threads.
     pub single_thread: bool,
+    /// Web origins allowed to use the API from a browser (`server.cors_allowed_origins`).
+    pub origins: crate::cors::AllowedOrigins,
 }
 
 impl AppState {

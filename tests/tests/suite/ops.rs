@@ -931,3 +931,172 @@ async fn clients_through_the_load_balancer_land_on_different_nodes_and_reach_eac
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Browsers: CORS for the HTTP API, the origin list on WebSocket upgrades.
+
+/// An HTTP request from a page of `origin` (`None`: no `Origin`, as a non-browser client).
+async fn from_origin(
+    method: reqwest::Method,
+    url: &str,
+    origin: Option<&str>,
+    extra: &[(&str, &str)],
+) -> reqwest::Response {
+    let mut r = reqwest::Client::new().request(method, url);
+    if let Some(o) = origin {
+        r = r.header("origin", o);
+    }
+    for (k, v) in extra {
+        r = r.header(*k, *v);
+    }
+    r.send()
+        .await
+        .unwrap_or_else(|e| panic!("request to {url}: {e}"))
+}
+
+fn header(resp: &reqwest::Response, name: &str) -> Option<String> {
+    resp.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// A WebSocket upgrade sent with `origin`: the `hello`, or the refusal's status.
+async fn ws_from_origin(url: &str, origin: Option<&str>) -> Result<Value, u16> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = url
+        .into_client_request()
+        .unwrap_or_else(|e| panic!("{url}: {e}"));
+    if let Some(o) = origin {
+        req.headers_mut()
+            .insert("origin", o.parse().unwrap_or_else(|e| panic!("{o}: {e}")));
+    }
+    let Ok(upgrade) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req)).await
+    else {
+        panic!("upgrade timed out: {url}");
+    };
+    match upgrade {
+        Ok((mut stream, _)) => {
+            let first = tokio::time::timeout(WAIT, stream.next())
+                .await
+                .unwrap_or_else(|_| panic!("no hello"))
+                .and_then(Result::ok)
+                .and_then(|m| m.into_text().ok())
+                .unwrap_or_else(|| panic!("no hello frame"));
+            Ok(serde_json::from_str(first.as_str()).unwrap_or(Value::Null))
+        }
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
+        Err(e) => panic!("upgrade failed: {e}"),
+    }
+}
+
+/// By default any web origin may use the API from a browser (clients send a bearer token they
+/// hold, never a cookie): preflights pass, every answer — errors too — carries
+/// `Access-Control-Allow-Origin: *` and exposes `Retry-After`. With a list, only its origins get
+/// the headers, and a WebSocket upgrade from a page of another origin is refused with a JSON 403
+/// (WebSockets are outside CORS); clients that send no `Origin` are never affected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browsers_get_cors_by_default_and_only_listed_origins_when_restricted() {
+    use reqwest::Method;
+    let app = "https://app.example";
+    let evil = "https://evil.example";
+    let preflight = [
+        ("access-control-request-method", "POST"),
+        (
+            "access-control-request-headers",
+            "authorization,content-type",
+        ),
+    ];
+
+    let open = Cluster::start_with(Backend::Embedded, 1, |_| {}).await;
+    let base = open.node(0).http_base();
+    let pre = from_origin(
+        Method::OPTIONS,
+        &format!("{base}/api/v1/threads"),
+        Some(evil),
+        &preflight,
+    )
+    .await;
+    assert!(pre.status().is_success(), "preflight: {}", pre.status());
+    assert_eq!(
+        header(&pre, "access-control-allow-origin").as_deref(),
+        Some("*")
+    );
+    let methods = header(&pre, "access-control-allow-methods").unwrap_or_default();
+    assert!(methods.contains("POST"), "{methods}");
+    let refused = from_origin(
+        Method::GET,
+        &format!("{base}/api/v1/threads"),
+        Some(evil),
+        &[],
+    )
+    .await;
+    assert_eq!(refused.status().as_u16(), 401);
+    assert_eq!(
+        header(&refused, "access-control-allow-origin").as_deref(),
+        Some("*")
+    );
+    let exposed = header(&refused, "access-control-expose-headers").unwrap_or_default();
+    assert!(
+        exposed.to_ascii_lowercase().contains("retry-after"),
+        "{exposed}"
+    );
+    let (_u, token) = open.user("opener").await;
+    let hello = ws_from_origin(
+        &format!("{}?token={token}", open.node(0).ws_base()),
+        Some(evil),
+    )
+    .await;
+    assert_eq!(hello.ok().map(|h| h["type"].clone()), Some(json!("hello")));
+    open.stop().await;
+
+    let shut = Cluster::start_with(Backend::Embedded, 1, |s| {
+        s.server.cors_allowed_origins = format!("{app}, http://localhost:5173");
+    })
+    .await;
+    let base = shut.node(0).http_base();
+    let pre = from_origin(
+        Method::OPTIONS,
+        &format!("{base}/api/v1/threads"),
+        Some(app),
+        &preflight,
+    )
+    .await;
+    assert!(pre.status().is_success(), "preflight: {}", pre.status());
+    assert_eq!(
+        header(&pre, "access-control-allow-origin").as_deref(),
+        Some(app)
+    );
+    let pre = from_origin(
+        Method::OPTIONS,
+        &format!("{base}/api/v1/threads"),
+        Some(evil),
+        &preflight,
+    )
+    .await;
+    assert_eq!(header(&pre, "access-control-allow-origin"), None);
+    let actual = from_origin(Method::GET, &format!("{base}/healthz"), Some(evil), &[]).await;
+    assert_eq!(header(&actual, "access-control-allow-origin"), None);
+    let (_u, token) = shut.user("closer").await;
+    let url = format!("{}?token={token}", shut.node(0).ws_base());
+    assert_eq!(ws_from_origin(&url, Some(evil)).await.err(), Some(403));
+    let body = from_origin(
+        Method::GET,
+        &url.replace("ws://", "http://"),
+        Some(evil),
+        &[],
+    )
+    .await;
+    let body: Value = body.json().await.unwrap_or(Value::Null);
+    assert_eq!(body["code"], "forbidden", "{body}");
+    for origin in [Some(app), None] {
+        let hello = ws_from_origin(&url, origin).await;
+        assert_eq!(
+            hello.ok().map(|h| h["type"].clone()),
+            Some(json!("hello")),
+            "{origin:?}"
+        );
+    }
+    shut.stop().await;
+}

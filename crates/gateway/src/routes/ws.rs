@@ -27,6 +27,16 @@ pub async fn upgrade(
     if state.is_draining() {
         return Err(Error::Unavailable("node is draining".into()));
     }
+    // WebSockets are outside CORS: a page of any site may open one, so the origin list is
+    // enforced here (browsers always send `Origin` on an upgrade).
+    if !state
+        .origins
+        .allows(req.headers().get(actix_web::http::header::ORIGIN))
+    {
+        return Err(Error::Forbidden(
+            "this origin may not open WebSockets here (server.cors_allowed_origins)".into(),
+        ));
+    }
     let q = web::Query::<WsQuery>::from_query(req.query_string())
         .map(|q| q.into_inner())
         .unwrap_or(WsQuery {
