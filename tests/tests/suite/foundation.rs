@@ -296,6 +296,15 @@ both_backends!(
         assert_eq!(r["code"], "too_large");
         let ok = ws.send_msg(thread, "x4", &"é".repeat(10_000)).await;
         assert_eq!(ok["type"], "ack", "10,000 characters are allowed: {ok}");
+        // The longest body with every character escaped as a surrogate pair (as Python's json
+        // writes emoji by default): 120,000 bytes of body, still within a frame.
+        ws.send_text(format!(
+            "{{\"type\":\"send\",\"req\":\"x6\",\"thread_id\":\"{thread}\",\"client_msg_id\":\"x6\",\"body\":\"{}\"}}",
+            "\\ud83d\\ude00".repeat(10_000)
+        ))
+        .await;
+        let ok = ws.recv_until(|f| f["req"] == "x6").await;
+        assert_eq!(ok["type"], "ack", "10,000 escaped emoji are allowed: {ok}");
         let r = ws.send_msg(thread, "x5", "   ").await;
         assert_eq!(r["code"], "bad_request");
 
@@ -329,7 +338,7 @@ both_backends!(
         assert_eq!(r["code"], "bad_request");
         ws.send_text(format!(
             "{{\"type\":\"ping\",\"req\":\"{}\"}}",
-            "p".repeat(70_000)
+            "p".repeat(140_000)
         ))
         .await;
         let r = ws.recv_until(|f| f["type"] == "error").await;
