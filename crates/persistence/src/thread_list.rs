@@ -56,7 +56,6 @@ impl ActivityCursor {
     }
 }
 
-/// One thread row of the page, with the caller's read position.
 /// One keyset page of threads ordered by `(last_activity_at, id)` descending, strictly after
 /// `cursor`: fetches one row more than `limit` to know whether another page follows, and
 /// returns the cursor of the last row kept when it does. Shared by the thread list and rooms.
@@ -89,6 +88,7 @@ pub(crate) async fn activity_page<T: sea_orm::TryGetableMany>(
     Ok((rows, next))
 }
 
+/// One thread row of the page, with the caller's read position.
 type PageRow = (
     uuid::Uuid,
     String,
@@ -122,7 +122,36 @@ impl Store {
         cursor: Option<ActivityCursor>,
         limit: u64,
     ) -> Result<(Vec<ThreadListItem>, Option<ActivityCursor>)> {
-        let q = thread::Entity::find()
+        let (rows, next): (Vec<PageRow>, _) = activity_page(
+            &self.db,
+            Self::thread_rows(user),
+            cursor,
+            limit,
+            |r: &PageRow| (r.5, r.0),
+        )
+        .await?;
+        Ok((self.list_items(user, rows).await?, next))
+    }
+
+    /// One of `user`'s threads as its thread-list entry (the same view, for one thread: a
+    /// client refreshes that row, or opens a thread from a link); `None` when the user is not
+    /// a member of it or it does not exist.
+    pub async fn thread_item(
+        &self,
+        user: UserId,
+        thread: ThreadId,
+    ) -> Result<Option<ThreadListItem>> {
+        let rows: Vec<PageRow> = Self::thread_rows(user)
+            .filter(thread::Column::Id.eq(thread.0))
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        Ok(self.list_items(user, rows).await?.pop())
+    }
+
+    /// The threads `user` is a member of, as [`PageRow`]s.
+    fn thread_rows(user: UserId) -> sea_orm::Select<thread::Entity> {
+        thread::Entity::find()
             .select_only()
             .columns([
                 thread::Column::Id,
@@ -134,11 +163,14 @@ impl Store {
             ])
             .column(thread_member::Column::LastReadSeq)
             .join_rev(JoinType::InnerJoin, member_thread_join())
-            .filter(thread_member::Column::UserId.eq(user.0));
-        let (rows, next): (Vec<PageRow>, _) =
-            activity_page(&self.db, q, cursor, limit, |r: &PageRow| (r.5, r.0)).await?;
+            .filter(thread_member::Column::UserId.eq(user.0))
+    }
+
+    /// The thread-list entries of `rows`: their members, last messages and `user`'s unread
+    /// counts, three queries for all of them.
+    async fn list_items(&self, user: UserId, rows: Vec<PageRow>) -> Result<Vec<ThreadListItem>> {
         if rows.is_empty() {
-            return Ok((Vec::new(), None));
+            return Ok(Vec::new());
         }
         let ids: Vec<uuid::Uuid> = rows.iter().map(|r| r.0).collect();
         let mut members = self.members_of(&ids).await?;
@@ -167,7 +199,7 @@ impl Store {
                 },
             )
             .collect();
-        Ok((items, next))
+        Ok(items)
     }
 
     /// The members of several threads, each list sorted by username.

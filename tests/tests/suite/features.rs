@@ -326,6 +326,82 @@ both_backends!(
 );
 
 both_backends!(
+    one_thread_is_shown_as_its_thread_list_entry_to_members_only,
+    |b: Backend| async move {
+        let c = Cluster::start(b, 2).await;
+        let (_alice, at) = c.user("alice").await;
+        let (bob, bt) = c.user("bob").await;
+        let (carol, ct) = c.user("carol").await;
+        let (_erin, et) = c.user("erin").await;
+        let mut a = c.ws(0, &at).await;
+        let t = c
+            .http(0)
+            .create_thread(&at, &[&bob, &carol], Some("trio"))
+            .await;
+        let empty = get_ok(&c, 1, &format!("/api/v1/threads/{t}"), &bt).await;
+        assert_eq!(
+            (
+                &empty["last_message"],
+                &empty["unread_count"],
+                &empty["last_seq"]
+            ),
+            (&Value::Null, &json!(0), &json!(0)),
+            "{empty}"
+        );
+        send(&mut a, t, "a1", "alice 1").await;
+        let a2 = send(&mut a, t, "a2", "alice 2").await;
+        // Bob's view on the other node: the same entry as in his thread list.
+        let one = get_ok(&c, 1, &format!("/api/v1/threads/{t}"), &bt).await;
+        let list = get_ok(&c, 1, "/api/v1/threads", &bt).await;
+        assert_eq!(one, entry(&list, t));
+        assert_eq!(one["name"], "trio");
+        assert_eq!(one["members"].as_array().map(Vec::len), Some(3));
+        assert_eq!(one["last_message"]["id"], a2["id"]);
+        assert_eq!(
+            (&one["unread_count"], &one["last_read_seq"]),
+            (&json!(2), &json!(0))
+        );
+        // The sender has read their own messages.
+        let mine = get_ok(&c, 0, &format!("/api/v1/threads/{t}"), &at).await;
+        assert_eq!(mine["unread_count"], 0, "{mine}");
+        // Outsiders, unknown ids and former members alike: not_member; a bad id: bad_request.
+        let h = c.http(0);
+        refused(
+            h.get(&format!("/api/v1/threads/{t}"), Some(&et)).await,
+            403,
+            "not_member",
+        );
+        let unknown = ThreadId::new();
+        refused(
+            h.get(&format!("/api/v1/threads/{unknown}"), Some(&at))
+                .await,
+            403,
+            "not_member",
+        );
+        refused(
+            h.get("/api/v1/threads/nope", Some(&at)).await,
+            400,
+            "bad_request",
+        );
+        refused(
+            h.get(&format!("/api/v1/threads/{t}"), None).await,
+            401,
+            "unauthorized",
+        );
+        let (s, _) = h
+            .delete(&format!("/api/v1/threads/{t}/members/me"), Some(&ct))
+            .await;
+        assert_eq!(s, 204);
+        refused(
+            h.get(&format!("/api/v1/threads/{t}"), Some(&ct)).await,
+            403,
+            "not_member",
+        );
+        c.stop().await;
+    }
+);
+
+both_backends!(
     opening_a_thread_returns_the_last_20_or_every_unread_one_up_to_the_cap,
     |b: Backend| async move {
         let c = Cluster::start_with(b, 2, |s| s.limits.max_unread_page = 28).await;

@@ -34,6 +34,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 )
                 .route("/threads/{id}/members/me", web::delete().to(threads::leave))
                 .route("/threads", web::get().to(thread_list::list))
+                .route("/threads/{id}", web::get().to(thread_list::show))
                 .route("/threads/{id}/read", web::post().to(thread_list::mark_read))
                 .route("/rooms", web::get().to(rooms::list))
                 // Before `/rooms/{id}/join`, which would take "random" for an id.
