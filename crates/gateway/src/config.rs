@@ -208,6 +208,8 @@ pub struct LimitSettings {
     pub max_frame_bytes: usize,
     /// Frames above this are a protocol violation: the socket is closed with 1009.
     pub hard_max_frame_bytes: usize,
+    /// Largest JSON body of an HTTP request; larger ones get 413 `too_large`.
+    pub max_http_body_bytes: usize,
     /// Longest message body, in characters.
     pub max_body_chars: usize,
     /// Longest `client_msg_id` and `req`.

@@ -132,10 +132,11 @@ impl ResponseError for Error {
 }
 
 /// Turn actix's JSON/query/path extractor failures into `bad_request` bodies (instead of actix's
-/// plain-text 400s), so every HTTP error has the same JSON shape.
-pub fn json_config() -> actix_web::web::JsonConfig {
+/// plain-text 400s), so every HTTP error has the same JSON shape. Bodies over `limit` bytes
+/// (`limits.max_http_body_bytes`) are `too_large`.
+pub fn json_config(limit: usize) -> actix_web::web::JsonConfig {
     actix_web::web::JsonConfig::default()
-        .limit(256 * 1024)
+        .limit(limit)
         .error_handler(|err, _| {
             let e = match &err {
                 actix_web::error::JsonPayloadError::Overflow { .. }

@@ -245,7 +245,9 @@ impl Application {
             let metrics = data.metrics.clone();
             App::new()
                 .app_data(data.clone())
-                .app_data(crate::error::json_config())
+                .app_data(crate::error::json_config(
+                    data.settings.limits.max_http_body_bytes,
+                ))
                 .app_data(crate::error::query_config())
                 .app_data(crate::error::path_config())
                 .wrap_fn(move |req, srv| {

@@ -1100,3 +1100,33 @@ async fn browsers_get_cors_by_default_and_only_listed_origins_when_restricted() 
     }
     shut.stop().await;
 }
+
+/// The HTTP body limit is a setting (`limits.max_http_body_bytes`): a body over it is a JSON
+/// 413 `too_large` before anything reads it; one under it is parsed and judged on its content.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_bodies_over_the_configured_limit_are_too_large() {
+    let c = Cluster::start_with(Backend::Embedded, 1, |s| {
+        s.limits.max_http_body_bytes = 2048;
+    })
+    .await;
+    let h = c.http(0);
+    let register = |password: String| json!({"username": "limits", "password": password});
+    let (s, e) = h
+        .post("/api/v1/users", None, register("p".repeat(3000)))
+        .await;
+    assert_eq!((s, e["code"].as_str()), (413, Some("too_large")), "{e}");
+    // Under the limit the body is read: the password is judged too long (over 256 characters).
+    let (s, e) = h
+        .post("/api/v1/users", None, register("p".repeat(1500)))
+        .await;
+    assert_eq!((s, e["code"].as_str()), (400, Some("bad_request")), "{e}");
+    c.stop().await;
+
+    let defaults = Cluster::start(Backend::Embedded, 1).await;
+    let (s, e) = defaults
+        .http(0)
+        .post("/api/v1/users", None, register("p".repeat(300_000)))
+        .await;
+    assert_eq!((s, e["code"].as_str()), (413, Some("too_large")), "{e}");
+    defaults.stop().await;
+}
