@@ -43,6 +43,9 @@ pub enum Error {
     /// A bug or unexpected fault; the cause is logged where it happens.
     #[error("internal error")]
     Internal(String),
+    /// The route exists, but not with this method.
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
 }
 
 /// The gateway's result type.
@@ -63,6 +66,7 @@ impl Error {
             Self::Unavailable(_) => ErrorCode::Unavailable,
             Self::UnsupportedVersion(_) => ErrorCode::UnsupportedVersion,
             Self::Internal(_) => ErrorCode::Internal,
+            Self::MethodNotAllowed => ErrorCode::MethodNotAllowed,
         }
     }
 
@@ -78,6 +82,7 @@ impl Error {
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 
@@ -163,4 +168,16 @@ pub fn path_config() -> actix_web::web::PathConfig {
         let e = Error::BadRequest(format!("invalid path: {err}"));
         actix_web::error::InternalError::from_response(err, e.error_response()).into()
     })
+}
+
+/// actix answers a known path asked with another method with an empty 405 that lists the
+/// path's methods in `Allow`; give it the JSON body every other error has, keeping `Allow`.
+pub fn method_not_allowed(res: actix_web::dev::ServiceResponse) -> actix_web::dev::ServiceResponse {
+    use actix_web::http::header::ALLOW;
+    let allow = res.headers().get(ALLOW).cloned();
+    let mut resp = Error::MethodNotAllowed.error_response();
+    if let Some(methods) = allow {
+        resp.headers_mut().insert(ALLOW, methods);
+    }
+    res.into_response(resp)
 }

@@ -257,7 +257,10 @@ impl Application {
                     let metrics = metrics.clone();
                     let fut = srv.call(req);
                     async move {
-                        let res = fut.await?;
+                        let mut res = fut.await?;
+                        if res.status() == actix_web::http::StatusCode::METHOD_NOT_ALLOWED {
+                            res = crate::error::method_not_allowed(res);
+                        }
                         metrics
                             .http_requests
                             .with_label_values(&[route.as_str(), method, res.status().as_str()])

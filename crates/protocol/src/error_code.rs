@@ -29,6 +29,9 @@ pub enum ErrorCode {
     UnsupportedVersion,
     /// An unexpected server fault; the cause is in the server's logs, never in the reply.
     Internal,
+    /// HTTP only: the path exists but not with this method (the `Allow` header lists those it
+    /// takes).
+    MethodNotAllowed,
 }
 
 impl ErrorCode {
@@ -46,11 +49,12 @@ impl ErrorCode {
             Self::Unavailable => "unavailable",
             Self::UnsupportedVersion => "unsupported_version",
             Self::Internal => "internal",
+            Self::MethodNotAllowed => "method_not_allowed",
         }
     }
 
     /// Every code, for tests and docs.
-    pub const ALL: [ErrorCode; 11] = [
+    pub const ALL: [ErrorCode; 12] = [
         Self::BadRequest,
         Self::Unauthorized,
         Self::Forbidden,
@@ -62,6 +66,7 @@ impl ErrorCode {
         Self::Unavailable,
         Self::UnsupportedVersion,
         Self::Internal,
+        Self::MethodNotAllowed,
     ];
 }
 

@@ -1130,3 +1130,38 @@ async fn http_bodies_over_the_configured_limit_are_too_large() {
     assert_eq!((s, e["code"].as_str()), (413, Some("too_large")), "{e}");
     defaults.stop().await;
 }
+
+/// A known path asked with a method it does not take is a JSON 405 `method_not_allowed` whose
+/// `Allow` lists the methods it does take; an unknown path stays a JSON 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_method_is_405_with_allow_and_an_unknown_path_404() {
+    use reqwest::Method;
+    let c = Cluster::start(Backend::Embedded, 1).await;
+    let base = c.node(0).http_base();
+    for (method, path, allowed) in [
+        (Method::PUT, "/api/v1/users", vec!["GET", "POST"]),
+        (Method::DELETE, "/api/v1/threads", vec!["GET", "POST"]),
+        (Method::POST, "/healthz", vec!["GET"]),
+        (Method::GET, "/api/v1/rooms/random/join", vec!["POST"]),
+    ] {
+        let resp = from_origin(method.clone(), &format!("{base}{path}"), None, &[]).await;
+        assert_eq!(resp.status().as_u16(), 405, "{method} {path}");
+        let mut allow: Vec<String> = header(&resp, "allow")
+            .unwrap_or_default()
+            .split(',')
+            .map(|m| m.trim().to_owned())
+            .collect();
+        allow.sort();
+        assert_eq!(allow, allowed, "{method} {path}");
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        assert_eq!(
+            body["code"], "method_not_allowed",
+            "{method} {path}: {body}"
+        );
+    }
+    let resp = from_origin(Method::GET, &format!("{base}/api/v1/nope"), None, &[]).await;
+    assert_eq!(resp.status().as_u16(), 404);
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    assert_eq!(body["code"], "not_found", "{body}");
+    c.stop().await;
+}

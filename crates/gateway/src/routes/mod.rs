@@ -13,33 +13,40 @@ pub mod ws;
 
 use actix_web::web;
 
-/// Mount every route.
+/// Mount every route. Each path is one resource holding its methods, so a known path asked
+/// with another method is a 405 with `Allow` (made JSON in `startup.rs`), not a 404.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(health::alive))
-        .route("/readyz", web::get().to(health::ready))
-        .route("/metrics", web::get().to(health::metrics))
-        .route("/ws", web::get().to(ws::upgrade))
+    cfg.service(web::resource("/healthz").get(health::alive))
+        .service(web::resource("/readyz").get(health::ready))
+        .service(web::resource("/metrics").get(health::metrics))
+        .service(web::resource("/ws").get(ws::upgrade))
         .service(
             web::scope("/api/v1")
-                .route("/users", web::post().to(users::register))
-                .route("/users", web::get().to(users::search))
-                .route("/presence", web::get().to(presence::get))
-                .route("/sessions", web::post().to(sessions::login))
-                .route("/sessions", web::delete().to(sessions::logout))
-                .route("/threads", web::post().to(threads::create))
-                .route("/threads/{id}/messages", web::get().to(threads::history))
-                .route(
-                    "/threads/{id}/members",
-                    web::post().to(threads::add_members),
+                .service(
+                    web::resource("/users")
+                        .post(users::register)
+                        .get(users::search),
                 )
-                .route("/threads/{id}/members/me", web::delete().to(threads::leave))
-                .route("/threads", web::get().to(thread_list::list))
-                .route("/threads/{id}", web::get().to(thread_list::show))
-                .route("/threads/{id}/read", web::post().to(thread_list::mark_read))
-                .route("/rooms", web::get().to(rooms::list))
+                .service(web::resource("/presence").get(presence::get))
+                .service(
+                    web::resource("/sessions")
+                        .post(sessions::login)
+                        .delete(sessions::logout),
+                )
+                .service(
+                    web::resource("/threads")
+                        .post(threads::create)
+                        .get(thread_list::list),
+                )
+                .service(web::resource("/threads/{id}").get(thread_list::show))
+                .service(web::resource("/threads/{id}/messages").get(threads::history))
+                .service(web::resource("/threads/{id}/members").post(threads::add_members))
+                .service(web::resource("/threads/{id}/members/me").delete(threads::leave))
+                .service(web::resource("/threads/{id}/read").post(thread_list::mark_read))
+                .service(web::resource("/rooms").get(rooms::list))
                 // Before `/rooms/{id}/join`, which would take "random" for an id.
-                .route("/rooms/random/join", web::post().to(rooms::join_random))
-                .route("/rooms/{id}/join", web::post().to(rooms::join))
-                .route("/messages/{id}/report", web::post().to(messages::report)),
+                .service(web::resource("/rooms/random/join").post(rooms::join_random))
+                .service(web::resource("/rooms/{id}/join").post(rooms::join))
+                .service(web::resource("/messages/{id}/report").post(messages::report)),
         );
 }
