@@ -991,6 +991,24 @@ async fn ws_from_origin(url: &str, origin: Option<&str>) -> Result<Value, u16> {
     }
 }
 
+/// A browser's preflight for a `POST` to `/api/v1/threads` with a token and a JSON body, from a
+/// page of `origin`.
+async fn preflight(base: &str, origin: &str) -> reqwest::Response {
+    from_origin(
+        reqwest::Method::OPTIONS,
+        &format!("{base}/api/v1/threads"),
+        Some(origin),
+        &[
+            ("access-control-request-method", "POST"),
+            (
+                "access-control-request-headers",
+                "authorization,content-type",
+            ),
+        ],
+    )
+    .await
+}
+
 /// By default any web origin may use the API from a browser (clients send a bearer token they
 /// hold, never a cookie): preflights pass, every answer — errors too — carries
 /// `Access-Control-Allow-Origin: *` and exposes `Retry-After`. With a list, only its origins get
@@ -1001,23 +1019,9 @@ async fn browsers_get_cors_by_default_and_only_listed_origins_when_restricted() 
     use reqwest::Method;
     let app = "https://app.example";
     let evil = "https://evil.example";
-    let preflight = [
-        ("access-control-request-method", "POST"),
-        (
-            "access-control-request-headers",
-            "authorization,content-type",
-        ),
-    ];
-
     let open = Cluster::start_with(Backend::Embedded, 1, |_| {}).await;
     let base = open.node(0).http_base();
-    let pre = from_origin(
-        Method::OPTIONS,
-        &format!("{base}/api/v1/threads"),
-        Some(evil),
-        &preflight,
-    )
-    .await;
+    let pre = preflight(&base, evil).await;
     assert!(pre.status().is_success(), "preflight: {}", pre.status());
     assert_eq!(
         header(&pre, "access-control-allow-origin").as_deref(),
@@ -1056,25 +1060,13 @@ async fn browsers_get_cors_by_default_and_only_listed_origins_when_restricted() 
     })
     .await;
     let base = shut.node(0).http_base();
-    let pre = from_origin(
-        Method::OPTIONS,
-        &format!("{base}/api/v1/threads"),
-        Some(app),
-        &preflight,
-    )
-    .await;
+    let pre = preflight(&base, app).await;
     assert!(pre.status().is_success(), "preflight: {}", pre.status());
     assert_eq!(
         header(&pre, "access-control-allow-origin").as_deref(),
         Some(app)
     );
-    let pre = from_origin(
-        Method::OPTIONS,
-        &format!("{base}/api/v1/threads"),
-        Some(evil),
-        &preflight,
-    )
-    .await;
+    let pre = preflight(&base, evil).await;
     assert_eq!(header(&pre, "access-control-allow-origin"), None);
     let actual = from_origin(Method::GET, &format!("{base}/healthz"), Some(evil), &[]).await;
     assert_eq!(header(&actual, "access-control-allow-origin"), None);
