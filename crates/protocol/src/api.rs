@@ -1,6 +1,6 @@
 //! HTTP API bodies (`/api/v1/...`). Requests refuse unknown fields; responses may grow fields.
 
-use crate::{ErrorCode, Message, ThreadId, ThreadKind, UserId, UserRef};
+use crate::{ErrorCode, Message, MessageId, ThreadId, ThreadKind, UserId, UserRef};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -115,6 +115,36 @@ pub struct ErrorBody {
     pub code: ErrorCode,
     /// A human-readable explanation.
     pub message: String,
+}
+
+/// `POST /api/v1/threads/{id}/messages`: send a message over HTTP (bots, integrations, a page
+/// without its WebSocket yet) — the rules and guarantees of the `send` frame.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendMessage {
+    /// The sender's idempotency key (1–64 characters): a retry with it stores nothing new.
+    pub client_msg_id: String,
+    /// The text (1 to `limits.max_body_chars` characters, not only whitespace).
+    pub body: String,
+}
+
+/// `POST /api/v1/threads/{id}/messages` → 201 when stored, 200 for a retry of a stored one:
+/// what the `ack` frame says, after the commit.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SentMessage {
+    /// The thread.
+    pub thread_id: ThreadId,
+    /// The client's idempotency key.
+    pub client_msg_id: String,
+    /// The stored message id.
+    pub id: MessageId,
+    /// Its `seq` in the thread.
+    pub seq: i64,
+    /// When it was stored.
+    pub created_at: DateTime<Utc>,
+    /// True when this `client_msg_id` had already been stored in this thread (a retry).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
 }
 
 /// `POST /api/v1/threads/{id}/read`: mark the thread read up to `seq`.

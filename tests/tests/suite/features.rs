@@ -326,6 +326,100 @@ both_backends!(
 );
 
 both_backends!(
+    a_message_sent_over_http_is_stored_acked_and_delivered_like_a_frame,
+    |b: Backend| async move {
+        let c = Cluster::start_with(b, 2, |s| {
+            s.limits.user_sends_per_sec = 0.001;
+            s.limits.user_sends_burst = 4.0;
+        })
+        .await;
+        let (alice, at) = c.user("alice").await;
+        let (bob, bt) = c.user("bob").await;
+        let (_erin, et) = c.user("erin").await;
+        let t = c.http(0).create_thread(&at, &[&bob], None).await;
+        let other = c.http(0).create_thread(&at, &[], Some("solo")).await;
+        let mut a_ws = c.ws(0, &at).await;
+        let mut b_ws = c.ws(1, &bt).await;
+        let h = c.http(0);
+        let path = format!("/api/v1/threads/{t}/messages");
+        let (s, sent) = h
+            .post(
+                &path,
+                Some(&at),
+                json!({"client_msg_id": "h1", "body": "over http"}),
+            )
+            .await;
+        assert_eq!(s, 201, "{sent}");
+        assert_eq!(
+            (&sent["thread_id"], &sent["seq"]),
+            (&json!(t), &json!(1)),
+            "{sent}"
+        );
+        assert_eq!(sent.get("duplicate"), None, "{sent}");
+        // Live to the other member (on the other node) and to the sender's own session.
+        for ws in [&mut b_ws, &mut a_ws] {
+            let m = ws.recv_until(is_msg("over http")).await;
+            assert_eq!((&m["id"], &m["sender_id"]), (&sent["id"], &json!(alice.id)));
+        }
+        // A retry is the original answer; the same key in another thread is a conflict.
+        let (s, again) = h
+            .post(
+                &path,
+                Some(&at),
+                json!({"client_msg_id": "h1", "body": "over http"}),
+            )
+            .await;
+        assert_eq!(
+            (s, &again["id"], &again["duplicate"]),
+            (200, &sent["id"], &json!(true))
+        );
+        refused(
+            h.post(
+                &format!("/api/v1/threads/{other}/messages"),
+                Some(&at),
+                json!({"client_msg_id": "h1", "body": "elsewhere"}),
+            )
+            .await,
+            409,
+            "conflict",
+        );
+        // The frame's checks, as HTTP statuses.
+        let bad = json!({"client_msg_id": "h2", "body": "   "});
+        refused(h.post(&path, Some(&bt), bad).await, 400, "bad_request");
+        let long = json!({"client_msg_id": "h3", "body": "x".repeat(10_001)});
+        refused(h.post(&path, Some(&bt), long).await, 413, "too_large");
+        let extra = json!({"client_msg_id": "h4", "body": "hi", "admin": true});
+        refused(h.post(&path, Some(&bt), extra).await, 400, "bad_request");
+        let outsider = json!({"client_msg_id": "h5", "body": "let me in"});
+        refused(h.post(&path, Some(&et), outsider).await, 403, "not_member");
+        refused(h.post(&path, None, json!({})).await, 401, "unauthorized");
+        // The user's send budget on a node (burst 4 here) is shared with their sockets there:
+        // alice has spent 3 (two answered, one conflict), her socket takes the 4th, and the
+        // next is refused.
+        send(&mut a_ws, t, "w1", "over the socket").await;
+        let (s, limited) = h
+            .post(
+                &path,
+                Some(&at),
+                json!({"client_msg_id": "h6", "body": "one more"}),
+            )
+            .await;
+        assert_eq!(
+            (s, limited["code"].as_str()),
+            (429, Some("rate_limited")),
+            "{limited}"
+        );
+        let page = get_ok(&c, 1, &path, &bt).await;
+        let bodies: Vec<&str> = page["messages"]
+            .as_array()
+            .map(|m| m.iter().filter_map(|m| m["body"].as_str()).collect())
+            .unwrap_or_default();
+        assert_eq!(bodies, ["over http", "over the socket"]);
+        c.stop().await;
+    }
+);
+
+both_backends!(
     one_thread_is_shown_as_its_thread_list_entry_to_members_only,
     |b: Backend| async move {
         let c = Cluster::start(b, 2).await;

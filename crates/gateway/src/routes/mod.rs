@@ -39,7 +39,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                         .get(thread_list::list),
                 )
                 .service(web::resource("/threads/{id}").get(thread_list::show))
-                .service(web::resource("/threads/{id}/messages").get(threads::history))
+                .service(
+                    web::resource("/threads/{id}/messages")
+                        .get(threads::history)
+                        .post(threads::send),
+                )
                 .service(web::resource("/threads/{id}/members").post(threads::add_members))
                 .service(web::resource("/threads/{id}/members/me").delete(threads::leave))
                 .service(web::resource("/threads/{id}/read").post(thread_list::mark_read))

@@ -1,10 +1,10 @@
-//! `/api/v1/threads`: create threads, page history, add and remove members.
+//! `/api/v1/threads`: create threads, page history, send over HTTP, add and remove members.
 
 use crate::auth::AuthUser;
 use crate::error::{Error, Result};
 use crate::state::AppState;
 use actix_web::{web, HttpResponse};
-use confab_protocol::api::{AddMembers, CreateThread, HistoryPage};
+use confab_protocol::api::{AddMembers, CreateThread, HistoryPage, SendMessage, SentMessage};
 use confab_protocol::ThreadId;
 use serde::Deserialize;
 
@@ -24,6 +24,45 @@ pub async fn create(
         o.insert("created".into(), serde_json::Value::Bool(created));
     }
     Ok(HttpResponse::Created().json(v))
+}
+
+/// `POST /api/v1/threads/{id}/messages {client_msg_id, body}` → 201 once stored (200 for a retry
+/// of a stored one, `duplicate: true`): the `send` frame over HTTP, with its checks, its rate
+/// limit (the user's, shared with their sockets on this node) and its delivery to every
+/// member's sessions — the sender's too.
+pub async fn send(
+    state: web::Data<AppState>,
+    me: AuthUser,
+    path: web::Path<ThreadId>,
+    body: web::Json<SendMessage>,
+) -> Result<HttpResponse> {
+    let thread = path.into_inner();
+    let SendMessage {
+        client_msg_id,
+        body,
+    } = body.into_inner();
+    if !state.take_user_send(me.user.id) {
+        return Err(Error::RateLimited("too many messages; slow down".into()));
+    }
+    // A drain waits for this commit and its answer, as for a socket's send.
+    let _in_flight = state.tracker.token();
+    let (msg, duplicate) = state
+        .chat
+        .send(me.user.id, thread, client_msg_id, body)
+        .await?;
+    let sent = SentMessage {
+        thread_id: msg.thread_id,
+        client_msg_id: msg.client_msg_id,
+        id: msg.id,
+        seq: msg.seq,
+        created_at: msg.created_at,
+        duplicate,
+    };
+    Ok(if duplicate {
+        HttpResponse::Ok().json(sent)
+    } else {
+        HttpResponse::Created().json(sent)
+    })
 }
 
 /// Query of the history endpoint.
