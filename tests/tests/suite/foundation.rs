@@ -243,11 +243,15 @@ both_backends!(
         let mut ws = c.ws(0, &token).await;
         assert_eq!(ws.hello["user"]["id"], u["id"]);
         assert_eq!(ws.hello["protocol"], 1);
+        let (s, me) = h.get("/api/v1/users/me", Some(&token)).await;
+        assert_eq!((s, &me), (200, &json!({"id": u["id"], "username": name})));
         // Logging out revokes the token everywhere and closes its sockets with 1008.
         let (s, _) = h.delete("/api/v1/sessions", Some(&token)).await;
         assert_eq!(s, 204);
         assert_eq!(ws.expect_close(Duration::from_secs(5)).await, Some(1008));
         let (s, _) = h.get("/api/v1/users?q=a", Some(&token)).await;
+        assert_eq!(s, 401);
+        let (s, _) = h.get("/api/v1/users/me", Some(&token)).await;
         assert_eq!(s, 401);
         c.stop().await;
     }

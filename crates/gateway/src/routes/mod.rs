@@ -27,6 +27,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                         .post(users::register)
                         .get(users::search),
                 )
+                .service(web::resource("/users/me").get(users::me))
                 .service(web::resource("/presence").get(presence::get))
                 .service(
                     web::resource("/sessions")

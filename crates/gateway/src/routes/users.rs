@@ -87,3 +87,9 @@ pub async fn search(
         state.store.search_users(&q, me.user.id, 20).await?,
     ))
 }
+
+/// `GET /api/v1/users/me` → 200 the token's user (`{id, username}`): who a stored token belongs
+/// to, without opening a WebSocket for its `hello`.
+pub async fn me(me: AuthUser) -> web::Json<UserRef> {
+    web::Json(me.user)
+}
