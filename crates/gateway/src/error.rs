@@ -109,7 +109,11 @@ impl From<confab_persistence::Error> for Error {
         match e {
             P::NotFound => Error::NotFound("object"),
             P::Conflict(what) => Error::Conflict(format!("already exists ({what})")),
-            P::Invalid(what) => Error::BadRequest(what),
+            P::Invalid(what) => {
+                // The checks before the store should have caught it: worth a look when it shows.
+                tracing::warn!(error = %what, "database refused a value that passed the checks");
+                Error::BadRequest(what)
+            }
             P::Unavailable(cause) => {
                 tracing::warn!(error = %cause, "database unavailable");
                 Error::Unavailable("database unavailable, retry later".into())
