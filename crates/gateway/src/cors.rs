@@ -65,11 +65,11 @@ impl AllowedOrigins {
         }
     }
 
-    /// The CORS middleware for the HTTP API: any method and request header, `Retry-After`
-    /// readable by scripts (it tells a client when to retry a 429 or 503).
+    /// The CORS middleware for the HTTP API: the methods the API has, any request header,
+    /// `Retry-After` readable by scripts (it tells a client when to retry a 429 or 503).
     pub fn middleware(&self) -> Cors {
         let base = Cors::default()
-            .allow_any_method()
+            .allowed_methods(["GET", "POST", "DELETE"])
             .allow_any_header()
             .expose_headers([RETRY_AFTER])
             .max_age(PREFLIGHT_MAX_AGE_SECS);
