@@ -69,7 +69,7 @@ impl AllowedOrigins {
     /// `Retry-After` readable by scripts (it tells a client when to retry a 429 or 503).
     pub fn middleware(&self) -> Cors {
         let base = Cors::default()
-            .allowed_methods(["GET", "POST", "DELETE"])
+            .allowed_methods(["GET", "POST", "PUT", "PATCH", "DELETE"])
             .allow_any_header()
             .expose_headers([RETRY_AFTER])
             .max_age(PREFLIGHT_MAX_AGE_SECS);

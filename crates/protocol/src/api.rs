@@ -147,6 +147,14 @@ pub struct SentMessage {
     pub duplicate: bool,
 }
 
+/// `PATCH /api/v1/messages/{id}`: the sender's new text for a message (the `edit` frame).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EditMessage {
+    /// The new text (the rules of a send's body).
+    pub body: String,
+}
+
 /// `POST /api/v1/threads/{id}/read`: mark the thread read up to `seq`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -325,6 +325,141 @@ both_backends!(
     }
 );
 
+/// An HTTP request with any method (the shared client has the common ones only).
+async fn call(
+    c: &Cluster,
+    node: usize,
+    method: reqwest::Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut r =
+        reqwest::Client::new().request(method, format!("{}{path}", c.node(node).http_base()));
+    if let Some(t) = token {
+        r = r.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    let resp = r.send().await.unwrap_or_else(|e| panic!("{path}: {e}"));
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// `text` percent-encoded for a path segment.
+fn path_segment(text: &str) -> String {
+    text.bytes().map(|b| format!("%{b:02X}")).collect()
+}
+
+both_backends!(
+    messages_are_edited_reacted_to_and_deleted_over_http_as_over_the_socket,
+    |b: Backend| async move {
+        use reqwest::Method;
+        let c = Cluster::start(b, 2).await;
+        let (alice, at) = c.user("alice").await;
+        let (bob, bt) = c.user("bob").await;
+        let (_erin, et) = c.user("erin").await;
+        let t = c.http(0).create_thread(&at, &[&bob], None).await;
+        let mut a_ws = c.ws(0, &at).await;
+        let mut b_ws = c.ws(1, &bt).await;
+        let ack = send(&mut a_ws, t, "m1", "first draft").await;
+        b_ws.recv_until(is_msg("first draft")).await;
+        let id = ack["id"].as_str().unwrap_or_default().to_owned();
+        let msg = format!("/api/v1/messages/{id}");
+        let edit = |body: &str| Some(json!({ "body": body }));
+
+        // Edit: the sender only; every member sees it, history keeps it.
+        refused(
+            call(&c, 1, Method::PATCH, &msg, Some(&bt), edit("mine now")).await,
+            403,
+            "forbidden",
+        );
+        refused(
+            call(&c, 0, Method::PATCH, &msg, Some(&et), edit("hi")).await,
+            403,
+            "not_member",
+        );
+        refused(
+            call(&c, 0, Method::PATCH, &msg, Some(&at), edit(" ")).await,
+            400,
+            "bad_request",
+        );
+        assert_eq!(
+            call(&c, 0, Method::PATCH, &msg, Some(&at), edit("final"))
+                .await
+                .0,
+            204
+        );
+        let ev = b_ws.recv_until(is_type("message_edited")).await;
+        assert_eq!((&ev["id"], &ev["body"]), (&json!(id), &json!("final")));
+
+        // React and unreact (the emoji percent-encoded in the path): idempotent, announced once.
+        let thumbs = format!("{msg}/reactions/{}", path_segment("👍"));
+        for _ in 0..2 {
+            assert_eq!(
+                call(&c, 1, Method::PUT, &thumbs, Some(&bt), None).await.0,
+                204
+            );
+        }
+        let ev = a_ws.recv_until(is_type("reaction")).await;
+        assert_eq!(
+            (&ev["user_id"], &ev["emoji"], &ev["added"], &ev["count"]),
+            (&json!(bob.id), &json!("👍"), &json!(true), &json!(1))
+        );
+        let not_emoji = format!("{msg}/reactions/ok");
+        refused(
+            call(&c, 1, Method::PUT, &not_emoji, Some(&bt), None).await,
+            400,
+            "bad_request",
+        );
+        assert_eq!(
+            call(&c, 1, Method::DELETE, &thumbs, Some(&bt), None)
+                .await
+                .0,
+            204
+        );
+        let ev = a_ws.recv_until(is_type("reaction")).await;
+        assert_eq!((&ev["added"], &ev["count"]), (&json!(false), &json!(0)));
+        a_ws.expect_none(is_type("reaction"), QUIET).await;
+
+        // Delete: the sender only, then it stays as [message deleted] and takes no more edits.
+        refused(
+            call(&c, 1, Method::DELETE, &msg, Some(&bt), None).await,
+            403,
+            "forbidden",
+        );
+        assert_eq!(
+            call(&c, 0, Method::DELETE, &msg, Some(&at), None).await.0,
+            204
+        );
+        let ev = b_ws.recv_until(is_type("message_deleted")).await;
+        assert_eq!((&ev["id"], &ev["deleted"]), (&json!(id), &json!(true)));
+        assert_eq!(
+            call(&c, 0, Method::DELETE, &msg, Some(&at), None).await.0,
+            204
+        );
+        refused(
+            call(&c, 0, Method::PATCH, &msg, Some(&at), edit("again")).await,
+            400,
+            "bad_request",
+        );
+        refused(
+            call(&c, 1, Method::PUT, &thumbs, Some(&bt), None).await,
+            400,
+            "bad_request",
+        );
+        b_ws.expect_none(is_type("message_deleted"), QUIET).await;
+        let page = get_ok(&c, 1, &format!("/api/v1/threads/{t}/messages"), &bt).await;
+        let m = &page["messages"][0];
+        assert_eq!(
+            (&m["body"], &m["deleted"], &m["sender_id"]),
+            (&json!("[message deleted]"), &json!(true), &json!(alice.id))
+        );
+        c.stop().await;
+    }
+);
+
 both_backends!(
     a_message_sent_over_http_is_stored_acked_and_delivered_like_a_frame,
     |b: Backend| async move {

@@ -1033,7 +1033,7 @@ async fn browsers_get_cors_by_default_and_only_listed_origins_when_restricted() 
         .map(|m| m.trim().to_owned())
         .collect();
     methods.sort();
-    assert_eq!(methods, ["DELETE", "GET", "POST"]);
+    assert_eq!(methods, ["DELETE", "GET", "PATCH", "POST", "PUT"]);
     let refused = from_origin(
         Method::GET,
         &format!("{base}/api/v1/threads"),

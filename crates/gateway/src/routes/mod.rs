@@ -52,6 +52,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 // Before `/rooms/{id}/join`, which would take "random" for an id.
                 .service(web::resource("/rooms/random/join").post(rooms::join_random))
                 .service(web::resource("/rooms/{id}/join").post(rooms::join))
+                .service(
+                    web::resource("/messages/{id}")
+                        .patch(messages::edit)
+                        .delete(messages::delete),
+                )
+                .service(
+                    web::resource("/messages/{id}/reactions/{emoji}")
+                        .put(messages::react)
+                        .delete(messages::unreact),
+                )
                 .service(web::resource("/messages/{id}/report").post(messages::report)),
         );
 }
