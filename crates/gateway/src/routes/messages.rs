@@ -42,9 +42,7 @@ pub async fn react(
     me: AuthUser,
     path: web::Path<(MessageId, String)>,
 ) -> Result<HttpResponse> {
-    let (id, emoji) = path.into_inner();
-    state.chat.react(me.user.id, id, &emoji, true).await?;
-    Ok(HttpResponse::NoContent().finish())
+    set_reaction(&state, &me, path.into_inner(), true).await
 }
 
 /// `DELETE /api/v1/messages/{id}/reactions/{emoji}` → 204 (idempotent).
@@ -53,8 +51,16 @@ pub async fn unreact(
     me: AuthUser,
     path: web::Path<(MessageId, String)>,
 ) -> Result<HttpResponse> {
-    let (id, emoji) = path.into_inner();
-    state.chat.react(me.user.id, id, &emoji, false).await?;
+    set_reaction(&state, &me, path.into_inner(), false).await
+}
+
+async fn set_reaction(
+    state: &AppState,
+    me: &AuthUser,
+    (id, emoji): (MessageId, String),
+    added: bool,
+) -> Result<HttpResponse> {
+    state.chat.react(me.user.id, id, &emoji, added).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
