@@ -86,16 +86,30 @@ impl Http {
         (status, body)
     }
 
-    /// POST JSON with an optional token.
-    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Reply {
+    /// Any method, with an optional token and an optional JSON body.
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
         let mut r = self
             .client
-            .post(format!("{}{}", self.base, path))
-            .json(&body);
+            .request(method, format!("{}{}", self.base, path));
         if let Some(t) = token {
             r = r.bearer_auth(t);
         }
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
         Self::finish(r.send().await).await
+    }
+
+    /// POST JSON with an optional token.
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Reply {
+        self.request(reqwest::Method::POST, path, token, Some(body))
+            .await
     }
 
     /// POST a raw body (for malformed-JSON tests).
@@ -113,20 +127,13 @@ impl Http {
 
     /// GET with an optional token.
     pub async fn get(&self, path: &str, token: Option<&str>) -> Reply {
-        let mut r = self.client.get(format!("{}{}", self.base, path));
-        if let Some(t) = token {
-            r = r.bearer_auth(t);
-        }
-        Self::finish(r.send().await).await
+        self.request(reqwest::Method::GET, path, token, None).await
     }
 
     /// DELETE with an optional token.
     pub async fn delete(&self, path: &str, token: Option<&str>) -> Reply {
-        let mut r = self.client.delete(format!("{}{}", self.base, path));
-        if let Some(t) = token {
-            r = r.bearer_auth(t);
-        }
-        Self::finish(r.send().await).await
+        self.request(reqwest::Method::DELETE, path, token, None)
+            .await
     }
 
     /// GET and return the raw text (for `/metrics`).

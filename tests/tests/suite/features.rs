@@ -325,28 +325,6 @@ both_backends!(
     }
 );
 
-/// An HTTP request with any method (the shared client has the common ones only).
-async fn call(
-    c: &Cluster,
-    node: usize,
-    method: reqwest::Method,
-    path: &str,
-    token: Option<&str>,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut r =
-        reqwest::Client::new().request(method, format!("{}{path}", c.node(node).http_base()));
-    if let Some(t) = token {
-        r = r.bearer_auth(t);
-    }
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    let resp = r.send().await.unwrap_or_else(|e| panic!("{path}: {e}"));
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
-
 /// `text` percent-encoded for a path segment.
 fn path_segment(text: &str) -> String {
     text.bytes().map(|b| format!("%{b:02X}")).collect()
@@ -371,22 +349,29 @@ both_backends!(
 
         // Edit: the sender only; every member sees it, history keeps it.
         refused(
-            call(&c, 1, Method::PATCH, &msg, Some(&bt), edit("mine now")).await,
+            c.http(1)
+                .request(Method::PATCH, &msg, Some(&bt), edit("mine now"))
+                .await,
             403,
             "forbidden",
         );
         refused(
-            call(&c, 0, Method::PATCH, &msg, Some(&et), edit("hi")).await,
+            c.http(0)
+                .request(Method::PATCH, &msg, Some(&et), edit("hi"))
+                .await,
             403,
             "not_member",
         );
         refused(
-            call(&c, 0, Method::PATCH, &msg, Some(&at), edit(" ")).await,
+            c.http(0)
+                .request(Method::PATCH, &msg, Some(&at), edit(" "))
+                .await,
             400,
             "bad_request",
         );
         assert_eq!(
-            call(&c, 0, Method::PATCH, &msg, Some(&at), edit("final"))
+            c.http(0)
+                .request(Method::PATCH, &msg, Some(&at), edit("final"))
                 .await
                 .0,
             204
@@ -398,7 +383,10 @@ both_backends!(
         let thumbs = format!("{msg}/reactions/{}", path_segment("👍"));
         for _ in 0..2 {
             assert_eq!(
-                call(&c, 1, Method::PUT, &thumbs, Some(&bt), None).await.0,
+                c.http(1)
+                    .request(Method::PUT, &thumbs, Some(&bt), None)
+                    .await
+                    .0,
                 204
             );
         }
@@ -409,12 +397,15 @@ both_backends!(
         );
         let not_emoji = format!("{msg}/reactions/ok");
         refused(
-            call(&c, 1, Method::PUT, &not_emoji, Some(&bt), None).await,
+            c.http(1)
+                .request(Method::PUT, &not_emoji, Some(&bt), None)
+                .await,
             400,
             "bad_request",
         );
         assert_eq!(
-            call(&c, 1, Method::DELETE, &thumbs, Some(&bt), None)
+            c.http(1)
+                .request(Method::DELETE, &thumbs, Some(&bt), None)
                 .await
                 .0,
             204
@@ -425,27 +416,39 @@ both_backends!(
 
         // Delete: the sender only, then it stays as [message deleted] and takes no more edits.
         refused(
-            call(&c, 1, Method::DELETE, &msg, Some(&bt), None).await,
+            c.http(1)
+                .request(Method::DELETE, &msg, Some(&bt), None)
+                .await,
             403,
             "forbidden",
         );
         assert_eq!(
-            call(&c, 0, Method::DELETE, &msg, Some(&at), None).await.0,
+            c.http(0)
+                .request(Method::DELETE, &msg, Some(&at), None)
+                .await
+                .0,
             204
         );
         let ev = b_ws.recv_until(is_type("message_deleted")).await;
         assert_eq!((&ev["id"], &ev["deleted"]), (&json!(id), &json!(true)));
         assert_eq!(
-            call(&c, 0, Method::DELETE, &msg, Some(&at), None).await.0,
+            c.http(0)
+                .request(Method::DELETE, &msg, Some(&at), None)
+                .await
+                .0,
             204
         );
         refused(
-            call(&c, 0, Method::PATCH, &msg, Some(&at), edit("again")).await,
+            c.http(0)
+                .request(Method::PATCH, &msg, Some(&at), edit("again"))
+                .await,
             400,
             "bad_request",
         );
         refused(
-            call(&c, 1, Method::PUT, &thumbs, Some(&bt), None).await,
+            c.http(1)
+                .request(Method::PUT, &thumbs, Some(&bt), None)
+                .await,
             400,
             "bad_request",
         );
