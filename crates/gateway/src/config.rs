@@ -236,6 +236,9 @@ pub struct LimitSettings {
     pub connects_per_sec: f64,
     /// Burst of new sessions per node.
     pub connects_burst: f64,
+    /// Most sessions one user may hold open on one node at once (0: no limit); more upgrades
+    /// get 429.
+    pub max_sessions_per_user: usize,
     /// Cap of the "all unread" first page when opening a thread.
     pub max_unread_page: u64,
     /// Messages on the first page when opening a thread with few unread (seed 002: 20).

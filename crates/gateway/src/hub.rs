@@ -257,10 +257,17 @@ impl Hub {
         self.broker.get()
     }
 
-    /// Register a session (before it joins threads).
-    pub fn register(&self, handle: SessionHandle) {
+    /// Register a session (before it joins threads), unless its user already holds
+    /// `max_per_user` sessions here (0: no limit); then nothing is registered and this returns
+    /// how many the user holds. Checked and registered under one lock, so concurrent upgrades of
+    /// one user on different workers cannot overshoot the limit.
+    pub fn register(&self, handle: SessionHandle, max_per_user: usize) -> Result<(), usize> {
         let mut g = self.lock();
-        g.users.entry(handle.user).or_default().push(handle.id);
+        let mine = g.users.entry(handle.user).or_default();
+        if max_per_user > 0 && mine.len() >= max_per_user {
+            return Err(mine.len());
+        }
+        mine.push(handle.id);
         g.sessions.insert(
             handle.id,
             SessionSlot {
@@ -268,6 +275,7 @@ impl Hub {
                 threads: HashSet::new(),
             },
         );
+        Ok(())
     }
 
     /// Add a session to threads, subscribing the node to the threads that had no local session.

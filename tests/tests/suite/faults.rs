@@ -105,6 +105,52 @@ both_backends!(
     }
 );
 
+both_backends!(
+    a_user_over_the_session_cap_is_refused_with_429_on_that_node_only,
+    |b: Backend| async move {
+        let c = Cluster::start_with(b, 2, |s| s.limits.max_sessions_per_user = 2).await;
+        let (u, t) = c.user("tabs").await;
+        let (_o, other) = c.user("other").await;
+        let a = c.ws(0, &t).await;
+        let _b = c.ws(0, &t).await;
+        let (status, retry, body) = refused_upgrade(&c.node(0).http_base(), &t).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (429, Some("rate_limited")),
+            "{body}"
+        );
+        assert!(retry >= 1, "Retry-After must be set");
+        let metrics = &c.node(0).state.metrics;
+        assert_eq!(metrics.connects_refused.get(), 1);
+        assert_eq!(
+            metrics.connections_open.get(),
+            2,
+            "the refused one left nothing"
+        );
+        // The cap is the user's, per node: others are fine, and so is the user on another node
+        // (the embedded backend has one).
+        let _o = c.ws(0, &other).await;
+        let _elsewhere = if c.nodes.len() > 1 {
+            Some(c.ws(1, &t).await)
+        } else {
+            None
+        };
+        // A closed session frees its place.
+        a.close().await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while metrics.connections_open.get() > 2 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the closed session stayed"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let again = c.ws(0, &t).await;
+        assert_eq!(again.hello["user"]["id"], json!(u.id));
+        c.stop().await;
+    }
+);
+
 /// A frame budget of 5 at once, then 1 a second, and a close after 20 refusals in a row.
 fn five_frames_then_one_a_second(s: &mut Settings) {
     s.limits.frames_per_sec = 1.0;

@@ -81,15 +81,15 @@ pub async fn upgrade(
     let state = state.into_inner();
     let (started, start) = tokio::sync::oneshot::channel();
     actix_web::rt::spawn(session::run(state, auth, ws, stream, opts, started));
-    let refused = match start.await {
-        Ok(Ok(())) => return Ok(response),
-        Ok(Err(reason)) => reason.description(),
-        Err(_) => "the session ended while starting",
-    };
-    // 503 with `Retry-After` and the JSON body: `Error`'s response.
-    Err(Error::Unavailable(format!(
-        "cannot start a session: {refused}"
-    )))
+    match start.await {
+        Ok(Ok(())) => Ok(response),
+        // 503 (or 429 for a user at `limits.max_sessions_per_user`) with `Retry-After` and the
+        // JSON body: `Error`'s response.
+        Ok(Err(refused)) => Err(refused),
+        Err(_) => Err(Error::Unavailable(
+            "cannot start a session: the session ended while starting".into(),
+        )),
+    }
 }
 
 /// `Sec-WebSocket-Protocol: confab.v1` also selects a version.

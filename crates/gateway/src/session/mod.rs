@@ -88,7 +88,7 @@ pub async fn run(
     ws: actix_ws::Session,
     stream: MessageStream,
     opts: ConnectOptions,
-    started: tokio::sync::oneshot::Sender<Result<(), CloseReason>>,
+    started: tokio::sync::oneshot::Sender<Result<(), crate::error::Error>>,
 ) {
     let id = SessionId::new();
     let settings = state.settings.clone();
@@ -108,9 +108,18 @@ pub async fn run(
         state.metrics.slow_consumer_disconnects.clone(),
         mailbox,
     );
-    state
+    let cap = settings.limits.max_sessions_per_user;
+    if let Err(held) = state
         .hub
-        .register(SessionHandle::new(id, auth.user.id, tag, port));
+        .register(SessionHandle::new(id, auth.user.id, tag, port), cap)
+    {
+        state.metrics.connects_refused.inc();
+        let _ = started.send(Err(crate::error::Error::RateLimited(format!(
+            "this user already has {held} sessions open on this node \
+             (limits.max_sessions_per_user = {cap}); close one first"
+        ))));
+        return;
+    }
     state.metrics.connections_open.inc();
     state.metrics.sessions_opened.inc();
     let auth_user = auth.user.id;
@@ -135,7 +144,10 @@ pub async fn run(
             outbox.close();
             Box::pin(finish(session, state, End::Refused)).await;
             // Cleaned up before the client hears of it.
-            let _ = started.send(Err(reason));
+            let _ = started.send(Err(crate::error::Error::Unavailable(format!(
+                "cannot start a session: {}",
+                reason.description()
+            ))));
             return;
         }
         Ok(()) => {
