@@ -44,8 +44,8 @@ pub struct Chat {
     /// The database.
     pub store: Store,
     lookups: Arc<Lookups>,
-    /// Group commit of sends (Postgres); `None` stores each send on its own (SQLite).
-    batcher: Option<SendBatcher>,
+    /// Group commit of sends; its writer publishes each stored message.
+    batcher: SendBatcher,
     broker: Arc<dyn Broker>,
     directory: Arc<dyn Directory>,
     keys: Keys,
@@ -58,7 +58,7 @@ impl Chat {
     /// Assemble the service.
     pub fn new(
         lookups: Arc<Lookups>,
-        batcher: Option<SendBatcher>,
+        batcher: SendBatcher,
         broker: Arc<dyn Broker>,
         directory: Arc<dyn Directory>,
         keys: Keys,
@@ -103,18 +103,10 @@ impl Chat {
         check_no_nul("client_msg_id", &client_msg_id)?;
         self.check_body(&body)?;
         let started = Instant::now();
-        let outcome = match &self.batcher {
-            Some(b) => b.send(thread, sender, client_msg_id, body).await?,
-            // Boxed: the store's future is large, and inline it would size every session's
-            // pending send (which is boxed and moved into place) for this path too.
-            None => {
-                Box::pin(
-                    self.store
-                        .send_message(thread, sender, &client_msg_id, &body),
-                )
-                .await?
-            }
-        };
+        let outcome = self
+            .batcher
+            .send(thread, sender, client_msg_id, body)
+            .await?;
         self.metrics
             .store_latency
             .observe(started.elapsed().as_secs_f64());
@@ -122,9 +114,6 @@ impl Chat {
             SendOutcome::Stored(msg) => {
                 self.metrics.messages_stored.inc();
                 // The batcher's writer published it already, right after the commit.
-                if self.batcher.is_none() {
-                    publish_stored(self.broker.as_ref(), &self.keys, &msg);
-                }
                 Ok((msg, false))
             }
             SendOutcome::Duplicate(msg) => Ok((msg, true)),

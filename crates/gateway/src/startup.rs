@@ -168,8 +168,13 @@ impl Application {
             memory_backends(&settings, &keys, &inbound)
         };
         hub.set_broker(broker.clone());
-        // Group commit needs concurrent writers; SQLite has one writer and stores sends one by one.
-        let batcher = (store.backend() == confab_persistence::Backend::Postgres).then(|| {
+        // Group commit on both backends. SQLite has one writer (and the store one connection),
+        // so more than one writer task would only queue for it.
+        let writers = match store.backend() {
+            confab_persistence::Backend::Postgres => settings.database.send_writers,
+            confab_persistence::Backend::Sqlite => 1,
+        };
+        let batcher = {
             let (broker, keys) = (broker.clone(), keys.clone());
             let publish: OnStored =
                 Arc::new(move |msg| publish_stored(broker.as_ref(), &keys, msg));
@@ -179,7 +184,7 @@ impl Application {
             let on_commit: OnCommit = Arc::new(move |d| commits.observe(d.as_secs_f64()));
             SendBatcher::start(
                 store.clone(),
-                settings.database.send_writers,
+                writers,
                 settings.database.send_batch_max,
                 settings.database.send_queue,
                 Duration::from_micros(settings.database.send_linger_us),
@@ -189,7 +194,7 @@ impl Application {
                     on_commit: Some(on_commit),
                 },
             )
-        });
+        };
         let chat = Chat::new(
             lookups.clone(),
             batcher,

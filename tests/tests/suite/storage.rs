@@ -1,4 +1,4 @@
-//! Storing under concurrency: many clients send at once (on Postgres the sends are
+//! Storing under concurrency: many clients send at once (the sends are
 //! group-committed), with retries and strangers mixed in. Every thread's `seq` stays 1..n
 //! without gaps, each ack names the row that history returns, retries store nothing twice.
 
@@ -1233,4 +1233,141 @@ async fn reused_keys_and_nul_text_are_refused_on_both_store_paths() {
     .await;
     let n: i64 = n[0].try_get("", "n").unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(n, 4, "the first send and the three good batched ones");
+}
+
+/// A SQLite store in a file of its own (removed when the guard drops).
+struct SqliteFile(std::path::PathBuf);
+
+impl Drop for SqliteFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn fresh_sqlite_store() -> (confab_persistence::Store, SqliteFile) {
+    let dir = std::env::temp_dir().join(format!("confab-t-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let url = format!("sqlite://{}?mode=rwc", dir.join("confab.db").display());
+    (fresh_store_at(&url, 1).await, SqliteFile(dir))
+}
+
+/// One group commit holding every kind of send — fresh ones in two threads, a retry of a
+/// stored message, a key its sender used in another thread, a stranger's, the same key twice
+/// in the batch — on both stores (Postgres: the batch function; SQLite, the embedded store:
+/// one transaction). Each gets the answer it would get alone: the fresh ones stored with the
+/// next seqs of their thread in queue order, the retries their original, the reused key
+/// `KeyReused`, the stranger `NotMember`; the sender's read position follows; nothing else is
+/// stored.
+async fn a_mixed_batch_answers_every_send_as_if_alone(store: confab_persistence::Store) {
+    use confab_persistence::SendOutcome;
+
+    let members = new_users(
+        &store,
+        &format!("mix{}", &uuid::Uuid::new_v4().simple().to_string()[..6]),
+        3,
+    )
+    .await;
+    let stranger = new_users(
+        &store,
+        &format!("mixs{}", &uuid::Uuid::new_v4().simple().to_string()[..6]),
+        1,
+    )
+    .await[0];
+    let mut threads = Vec::new();
+    for name in ["mix one", "mix two"] {
+        let t = store
+            .create_group_thread(members[0], &members[1..], name, false)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        threads.push(t.id);
+    }
+    let (a, b) = (threads[0], threads[1]);
+    let batcher = plain_batcher(&store);
+    let Ok(SendOutcome::Stored(earlier)) = batcher.send(a, members[0], "old", "before").await
+    else {
+        panic!("the first send was not stored");
+    };
+    // On a current-thread runtime the writer runs only once all of these are queued: one batch.
+    let plan: Vec<(confab_protocol::ThreadId, confab_protocol::UserId, &str)> = vec![
+        (a, members[1], "f1"),
+        (b, members[1], "f2"),
+        (a, members[0], "old"),
+        (b, members[0], "old"),
+        (a, stranger, "s1"),
+        (a, members[2], "twice"),
+        (a, members[2], "twice"),
+        (a, members[1], "f3"),
+        (b, members[2], "f4"),
+    ];
+    let sends: Vec<_> = plan
+        .iter()
+        .map(|&(t, u, cid)| {
+            let b = batcher.clone();
+            tokio::spawn(async move { b.send(t, u, cid, "hi").await })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for s in sends {
+        out.push(s.await.unwrap_or_else(|e| panic!("{e}")));
+    }
+    let stored = |i: usize| match &out[i] {
+        Ok(SendOutcome::Stored(m)) => (m.thread_id, m.seq, m.id),
+        other => panic!("send {i} ({:?}): {other:?}", plan[i]),
+    };
+    // Stored by the batch itself, not by the one-by-one fallback after a failed batch: a batch
+    // stamps its messages with one time, a lone send with its own.
+    let stamps: std::collections::HashSet<_> = [0, 1, 5, 7, 8]
+        .iter()
+        .map(|&i| match &out[i] {
+            Ok(SendOutcome::Stored(m)) => m.created_at,
+            other => panic!("send {i}: {other:?}"),
+        })
+        .collect();
+    assert_eq!(stamps.len(), 1, "the fresh sends were not stored together");
+    // Thread a held `earlier` (seq 1); the fresh sends take 2, 3, 4 in queue order.
+    assert_eq!(stored(0).1, 2);
+    let twice = stored(5);
+    assert_eq!(twice.1, 3);
+    assert_eq!(stored(7).1, 4);
+    assert_eq!((stored(1).0, stored(1).1), (b, 1));
+    assert_eq!((stored(8).0, stored(8).1), (b, 2));
+    assert!(
+        matches!(&out[2], Ok(SendOutcome::Duplicate(m)) if m.id == earlier.id),
+        "the retry: {:?}",
+        out[2]
+    );
+    assert!(matches!(out[3], Ok(SendOutcome::KeyReused)), "{:?}", out[3]);
+    assert!(matches!(out[4], Ok(SendOutcome::NotMember)), "{:?}", out[4]);
+    assert!(
+        matches!(&out[6], Ok(SendOutcome::Duplicate(m)) if m.id == twice.2),
+        "the same key twice in one batch: {:?}",
+        out[6]
+    );
+    // History holds exactly the stored ones, gap-free.
+    for (t, n) in [(a, 4), (b, 2)] {
+        let page = store
+            .history_page(t, None, 100, members[0])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let seqs: Vec<i64> = page.iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, (1..=n).collect::<Vec<_>>(), "thread {t}");
+    }
+    // A sender's own message is read by them: member 1 sent seqs 2 and 4 in a.
+    let mine = store
+        .read_position(a, members[1])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("member 1 is a member"));
+    assert_eq!((mine.last_read_seq, mine.last_seq), (4, 4));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_mixed_batch_answers_every_send_as_if_alone_on_postgres() {
+    a_mixed_batch_answers_every_send_as_if_alone(fresh_store(2).await).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_mixed_batch_answers_every_send_as_if_alone_on_sqlite() {
+    let (store, _file) = fresh_sqlite_store().await;
+    a_mixed_batch_answers_every_send_as_if_alone(store).await;
 }
