@@ -120,8 +120,8 @@ impl Store {
         token_hash: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<(UserRef, DateTime<Utc>)>> {
-        // One query shape for one token or many: on Postgres the gateway batches concurrent
-        // lookups through `token_users`; this serves SQLite and a failed batch's retries.
+        // One query shape for one token or many: the gateway batches concurrent lookups
+        // through `token_users`; this serves a failed batch's retries.
         Ok(self
             .token_users(&[token_hash.to_owned()], now)
             .await?

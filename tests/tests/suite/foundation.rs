@@ -277,6 +277,37 @@ both_backends!(
 );
 
 both_backends!(
+    a_crowd_of_connects_shares_its_database_lookups,
+    |b: Backend| async move {
+        // Connects arriving together read their tokens and threads in shared queries, on the
+        // embedded store's single connection as on Postgres's pool.
+        let c = Cluster::start(b, 1).await;
+        let mut tokens = Vec::new();
+        for i in 0..40 {
+            tokens.push(c.user(&format!("crowd{i}")).await.1);
+        }
+        let m = &c.node(0).state.metrics;
+        let counts = |kind: &str| {
+            (
+                m.db_lookups.with_label_values(&[kind]).get(),
+                m.db_lookup_queries.with_label_values(&[kind]).get(),
+            )
+        };
+        let (keys0, queries0) = counts("token");
+        let sockets = futures_util::future::join_all(tokens.iter().map(|t| c.ws(0, t))).await;
+        assert_eq!(sockets.len(), 40);
+        let (keys, queries) = counts("token");
+        let (keys, queries) = (keys - keys0, queries - queries0);
+        assert_eq!(keys, 40, "one token lookup per connect");
+        assert!(
+            queries < keys,
+            "{queries} queries for {keys} tokens: nothing was shared"
+        );
+        c.stop().await;
+    }
+);
+
+both_backends!(
     bad_frames_get_typed_errors_and_the_session_survives,
     |b: Backend| async move {
         let c = Cluster::start(b, 1).await;
