@@ -120,8 +120,10 @@ log "background load before the run: $background CPUs busy"
 
 if [ "$quick" = 1 ]; then
   WARM=1; DUR=3; RATES="1000 10000"; PROFILE_RATES="2000"; RAMP_STEPS=2; IDLE_N=2000; HIST_N=20000; STORE_DUR=3
+  EMBEDDED_RATES="2000"
 else
   WARM=3; DUR=15; RATES="1000 2000 5000 10000"; PROFILE_RATES="2000 10000"; RAMP_STEPS=14; IDLE_N=19000; HIST_N=1000000; STORE_DUR=10
+  EMBEDDED_RATES="2000 10000"
 fi
 
 # ---------- idle connections, first: node 0's heap is fresh (users are registered through
@@ -264,6 +266,43 @@ log "crash: SIGKILL node 1 with its users connected"
 # "not measured".
 run "$BENCH" crash --nodes "$N0,$N1" --victim 1 --victim-pid "$P1" --clients 1000 --room-size 10 \
   --label crash || log "the crash scenario failed (see above); its figure is left out"
+
+# ---------- the embedded single node (`make run`): SQLite and in-process fan-out ----------
+# One node with no database or Redis URL, on one thread, the rate limits and argon2 cost as
+# above; its own section of the report (labels `embedded-…`), never part of the cluster's figures.
+stop_nodes
+mkdir -p "$dir/embedded"
+rm -rf "$dir/embedded/data"
+NODE_ENV=(
+  CONFAB__DATABASE__DATA_DIR="$dir/embedded/data"
+  CONFAB__LIMITS__FRAMES_PER_SEC=1000000
+  CONFAB__LIMITS__FRAMES_BURST=1000000
+  CONFAB__LIMITS__USER_SENDS_PER_SEC=1000000
+  CONFAB__LIMITS__USER_SENDS_BURST=1000000
+  CONFAB__AUTH__ARGON2_MEMORY_KIB=256
+  CONFAB__AUTH__ARGON2_ITERATIONS=1
+  CONFAB__LOG__LEVEL=warn
+)
+EXTRA_ENV=(CONFAB__SERVER__SINGLE_THREAD=true)
+start_nodes "$BIN" "$dir/embedded" 1
+E0="http://127.0.0.1:${ports[0]}"
+EP=${node_pids[0]}
+log "embedded node up: $E0 (pid $EP)"
+{
+  echo "# one embedded node (what \`make run\` starts) for the runs labelled embedded-…:"
+  echo "env ${NODE_ENV[*]} ${EXTRA_ENV[*]} CONFAB__SERVER__PORT=${ports[0]} target/release/confab &" |
+    sed "s#$root/##g"
+} >>"$dir/commands.txt"
+# Idle first, on a fresh heap (as for the cluster's node above).
+run "$BENCH" idle --node "$E0" --pid "$EP" --connections "$IDLE_N" --users "$IDLE_N" \
+  --room-size 10 --concurrency 256 --hold 5 --metrics "$E0" --label embedded-idle
+for rate in $EMBEDDED_RATES; do
+  log "embedded fanout at $rate msgs/s"
+  run "$BENCH" fanout --nodes "$E0" --pids "$EP" --metrics "$E0" --clients 1000 --room-size 10 \
+    --rate "$rate" --warmup "$WARM" --duration "$DUR" --drain 5 --drain-max 30 \
+    --label "embedded-$rate"
+done
+stop_nodes
 
 # ---------- the report ----------
 {

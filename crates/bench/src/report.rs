@@ -33,6 +33,11 @@ pub struct Results {
     pub crash: Vec<CrashReport>,
     /// History runs.
     pub history: Vec<HistoryReport>,
+    /// Fanout runs against the embedded single node (`make run`), labelled `embedded…`: a
+    /// section of their own, never part of the cluster's figures.
+    pub embedded_fanout: Vec<FanoutReport>,
+    /// Idle runs against the embedded single node.
+    pub embedded_idle: Vec<IdleReport>,
 }
 
 impl Results {
@@ -49,7 +54,9 @@ impl Results {
             match scenario.as_str() {
                 "fanout" => {
                     if let Ok(x) = serde_json::from_value(v) {
-                        if label.starts_with("ramp") {
+                        if label.starts_with(EMBEDDED) {
+                            r.embedded_fanout.push(x);
+                        } else if label.starts_with("ramp") {
                             r.ramp_steps.push(x);
                         } else {
                             r.fanout.push(x);
@@ -63,7 +70,11 @@ impl Results {
                 }
                 "idle" => {
                     if let Ok(x) = serde_json::from_value(v) {
-                        r.idle.push(x);
+                        if label.starts_with(EMBEDDED) {
+                            r.embedded_idle.push(x);
+                        } else {
+                            r.idle.push(x);
+                        }
                     }
                 }
                 "storm" => {
@@ -175,6 +186,31 @@ fn closest(fanout: &[FanoutReport], deliveries: f64) -> Option<&FanoutReport> {
         })
 }
 
+/// The label prefix of runs against the embedded single node.
+pub const EMBEDDED: &str = "embedded";
+
+/// The embedded single node (`make run`): what one process on SQLite and in-process fan-out
+/// holds, for whoever tries Confab in one command.
+fn embedded_section(w: &mut String, r: &Results) {
+    if r.embedded_fanout.is_empty() && r.embedded_idle.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        w,
+        "\n## The embedded single node (`make run`)\n\nOne node on the embedded store (SQLite in \
+         WAL mode, `synchronous=FULL`: every acknowledged message is on disk) with in-process \
+         fan-out — what `make run` starts — with the same raised rate limits and argon2 cost as \
+         the nodes above, on one thread. Not part of the cluster's figures: a target above is \
+         always the two-node cluster's.\n"
+    );
+    if !r.embedded_fanout.is_empty() {
+        fanout_table(w, &r.embedded_fanout);
+    }
+    for i in &r.embedded_idle {
+        let _ = writeln!(w, "\n{}", i.summary());
+    }
+}
+
 /// Render `BENCHMARKS.md`.
 pub fn render(results: &Results, inputs: &Inputs) -> String {
     let mut md = String::new();
@@ -229,6 +265,7 @@ pub fn render(results: &Results, inputs: &Inputs) -> String {
             h.newest_ms.p99, h.random_ms.p99, h.insert_s
         );
     }
+    embedded_section(w, results);
     let _ = writeln!(w, "\n## Where the time goes\n");
     time_summary(w, results, inputs);
     cpu_split(w, &results.fanout);
@@ -1335,6 +1372,53 @@ mod tests {
             ..Results::default()
         };
         assert!(!render(&alone, &Inputs::default()).contains("## Flush window"));
+    }
+
+    #[test]
+    fn embedded_runs_get_their_own_section_and_never_count_for_the_cluster() {
+        let fanout = FanoutReport {
+            scenario: "fanout".into(),
+            label: "embedded-10000".into(),
+            nodes: 1,
+            clients: 1000,
+            room_size: 10,
+            rate_offered: 10_000.0,
+            delivered_per_sec: 90_000.0,
+            deliveries_per_server_cpu_s: 900_000.0,
+            ..FanoutReport::default()
+        };
+        let idle = crate::idle::IdleReport {
+            scenario: "idle".into(),
+            label: "embedded-idle".into(),
+            connections: 19_000,
+            ..Default::default()
+        };
+        let lines = [
+            serde_json::to_string(&fanout).unwrap_or_default(),
+            serde_json::to_string(&idle).unwrap_or_default(),
+        ]
+        .join("\n");
+        let results = Results::parse(&lines);
+        assert_eq!(
+            (results.embedded_fanout.len(), results.embedded_idle.len()),
+            (1, 1)
+        );
+        assert!(results.fanout.is_empty() && results.idle.is_empty());
+        let md = render(&results, &Inputs::default());
+        let section = md
+            .split("## The embedded single node")
+            .nth(1)
+            .unwrap_or_default();
+        assert!(section.contains("| embedded-10000 |"), "{md}");
+        assert!(section.contains("idle[embedded-idle]"), "{md}");
+        // The cluster's figures take nothing from it: an embedded run is no evidence for them.
+        let figures = md.split("## Fan-out runs").next().unwrap_or_default();
+        assert!(
+            figures.contains("| p99 send→deliver at 90k deliveries/s | ≤ 5 ms | not measured"),
+            "{figures}"
+        );
+        assert!(!figures.contains("900,000"), "{figures}");
+        assert!(section.contains("900,000"), "{section}");
     }
 
     #[test]
