@@ -273,16 +273,7 @@ run "$BENCH" crash --nodes "$N0,$N1" --victim 1 --victim-pid "$P1" --clients 100
 stop_nodes
 mkdir -p "$dir/embedded"
 rm -rf "$dir/embedded/data"
-NODE_ENV=(
-  CONFAB__DATABASE__DATA_DIR="$dir/embedded/data"
-  CONFAB__LIMITS__FRAMES_PER_SEC=1000000
-  CONFAB__LIMITS__FRAMES_BURST=1000000
-  CONFAB__LIMITS__USER_SENDS_PER_SEC=1000000
-  CONFAB__LIMITS__USER_SENDS_BURST=1000000
-  CONFAB__AUTH__ARGON2_MEMORY_KIB=256
-  CONFAB__AUTH__ARGON2_ITERATIONS=1
-  CONFAB__LOG__LEVEL=warn
-)
+NODE_ENV=(CONFAB__DATABASE__DATA_DIR="$dir/embedded/data" "${BENCH_TUNING[@]}")
 EXTRA_ENV=(CONFAB__SERVER__SINGLE_THREAD=true)
 start_nodes "$BIN" "$dir/embedded" 1
 E0="http://127.0.0.1:${ports[0]}"

@@ -25,22 +25,27 @@ http_status() {
   ) 2>/dev/null
 }
 
-# Settings of every node: production defaults except the rate limits (raised so the benchmark
-# measures fan-out, not the limiter) and argon2's cost (256 KiB, 1 pass: setup registers
-# thousands of users; logins are not what is measured).
+# Settings of every benchmark node, clustered or embedded: production defaults except the rate
+# limits (raised so the benchmark measures fan-out, not the limiter) and argon2's cost (256 KiB,
+# 1 pass: setup registers thousands of users; logins are not what is measured).
+BENCH_TUNING=(
+  CONFAB__LIMITS__FRAMES_PER_SEC=1000000
+  CONFAB__LIMITS__FRAMES_BURST=1000000
+  CONFAB__LIMITS__USER_SENDS_PER_SEC=1000000
+  CONFAB__LIMITS__USER_SENDS_BURST=1000000
+  CONFAB__AUTH__ARGON2_MEMORY_KIB=256
+  CONFAB__AUTH__ARGON2_ITERATIONS=1
+  CONFAB__LOG__LEVEL=warn
+)
+
+# A cluster node's settings: the bench database and Redis prefix, and BENCH_TUNING.
 bench_node_env() {
   NODE_ENV=(
     CONFAB__DATABASE__URL="$DB_URL"
     CONFAB__REDIS__URL="$REDIS_URL"
     CONFAB__REDIS__KEY_PREFIX="$PREFIX"
     CONFAB__CLUSTER__REPLICAS=2
-    CONFAB__LIMITS__FRAMES_PER_SEC=1000000
-    CONFAB__LIMITS__FRAMES_BURST=1000000
-    CONFAB__LIMITS__USER_SENDS_PER_SEC=1000000
-    CONFAB__LIMITS__USER_SENDS_BURST=1000000
-    CONFAB__AUTH__ARGON2_MEMORY_KIB=256
-    CONFAB__AUTH__ARGON2_ITERATIONS=1
-    CONFAB__LOG__LEVEL=warn
+    "${BENCH_TUNING[@]}"
   )
 }
 
