@@ -319,16 +319,14 @@ impl Store {
         for chunk in batch.chunks(SQLITE_ROWS_PER_STATEMENT) {
             // Joined from the VALUES list, so each pair is one probe of the primary key / the
             // unique (sender, client_msg_id) index.
-            let pairs: Vec<(uuid::Uuid, uuid::Uuid)> =
-                chunk.iter().map(|p| (p.thread.0, p.sender.0)).collect();
             let sql = format!(
                 "SELECT tm.thread_id, tm.user_id FROM ({}) AS v \
                  JOIN thread_members tm ON tm.thread_id = v.column1 AND tm.user_id = v.column2",
                 values_list(chunk.len(), 2)
             );
-            let params = pairs
+            let params = chunk
                 .iter()
-                .flat_map(|(t, u)| [Value::from(*t), Value::from(*u)]);
+                .flat_map(|p| [Value::from(p.thread.0), Value::from(p.sender.0)]);
             for row in txn.query_all(sqlite(&sql, params)).await? {
                 let t: uuid::Uuid = row.try_get("", "thread_id")?;
                 let u: uuid::Uuid = row.try_get("", "user_id")?;
@@ -351,7 +349,7 @@ impl Store {
                 taken.insert((u, c));
             }
         }
-        // What this batch stores, in batch order; how many per thread (first appearance order).
+        // What this batch stores, in batch order, and how many sends each thread takes.
         let chosen: Vec<usize> = (0..batch.len())
             .filter(|&i| {
                 let p = &batch[i];
@@ -362,18 +360,15 @@ impl Store {
         if chosen.is_empty() {
             return Ok(HashMap::new());
         }
-        let mut per_thread: Vec<(uuid::Uuid, i64)> = Vec::new();
+        let mut per_thread: HashMap<uuid::Uuid, i64> = HashMap::new();
         for &i in &chosen {
-            let t = batch[i].thread.0;
-            match per_thread.iter_mut().find(|(id, _)| *id == t) {
-                Some((_, k)) => *k += 1,
-                None => per_thread.push((t, 1)),
-            }
+            *per_thread.entry(batch[i].thread.0).or_default() += 1;
         }
+        let counts: Vec<(uuid::Uuid, i64)> = per_thread.iter().map(|(t, k)| (*t, *k)).collect();
         // Each thread's counter moves once, by its number of sends; they take the seqs up to
         // the new value in batch order.
         let mut next: HashMap<uuid::Uuid, i64> = HashMap::with_capacity(per_thread.len());
-        for chunk in per_thread.chunks(SQLITE_ROWS_PER_STATEMENT) {
+        for chunk in counts.chunks(SQLITE_ROWS_PER_STATEMENT) {
             let sql = format!(
                 "UPDATE threads SET last_seq = last_seq + v.column2, last_activity_at = ? \
                  FROM ({}) AS v WHERE threads.id = v.column1 RETURNING threads.id, threads.last_seq",
@@ -387,8 +382,7 @@ impl Store {
             for row in txn.query_all(sqlite(&sql, params)).await? {
                 let t: uuid::Uuid = row.try_get("", "id")?;
                 let last: i64 = row.try_get("", "last_seq")?;
-                let k = chunk.iter().find(|(id, _)| *id == t).map_or(0, |(_, k)| *k);
-                next.insert(t, last - k + 1);
+                next.insert(t, last - per_thread.get(&t).copied().unwrap_or(0) + 1);
             }
         }
         let mut out = HashMap::with_capacity(chosen.len());
