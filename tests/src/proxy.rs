@@ -14,6 +14,7 @@ pub struct Proxy {
     /// The port clients connect to.
     pub port: u16,
     frozen: Arc<AtomicBool>,
+    held: Arc<AtomicBool>,
     sent: Arc<Mutex<Vec<u8>>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -26,14 +27,15 @@ impl Proxy {
             .unwrap_or_else(|e| panic!("proxy bind: {e}"));
         let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
         let frozen = Arc::new(AtomicBool::new(false));
+        let held = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(Mutex::new(Vec::new()));
-        let (f, s) = (frozen.clone(), sent.clone());
+        let (f, h, s) = (frozen.clone(), held.clone(), sent.clone());
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                let (f, s) = (f.clone(), s.clone());
+                let (f, h, s) = (f.clone(), h.clone(), s.clone());
                 tokio::spawn(async move {
                     if let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await {
-                        pipe(client, server, f, s).await;
+                        pipe(client, server, f, h, s).await;
                     }
                 });
             }
@@ -41,6 +43,7 @@ impl Proxy {
         Proxy {
             port,
             frozen,
+            held,
             sent,
             task,
         }
@@ -62,6 +65,17 @@ impl Proxy {
         self.frozen.store(false, Ordering::SeqCst);
     }
 
+    /// Stop forwarding client → server bytes (they are kept and forwarded on release): what
+    /// clients send reaches the server late, and in order.
+    pub fn hold_requests(&self) {
+        self.held.store(true, Ordering::SeqCst);
+    }
+
+    /// Forward what was held, and everything after it.
+    pub fn release_requests(&self) {
+        self.held.store(false, Ordering::SeqCst);
+    }
+
     /// `redis://127.0.0.1:port`.
     pub fn redis_url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
@@ -78,6 +92,7 @@ async fn pipe(
     client: TcpStream,
     server: TcpStream,
     frozen: Arc<AtomicBool>,
+    held: Arc<AtomicBool>,
     sent: Arc<Mutex<Vec<u8>>>,
 ) {
     let (mut cr, mut cw) = client.into_split();
@@ -91,6 +106,9 @@ async fn pipe(
             sent.lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .extend_from_slice(&buf[..n]);
+            while held.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             if sw.write_all(&buf[..n]).await.is_err() {
                 break;
             }

@@ -65,6 +65,10 @@ pub enum Outbound {
         thread: ThreadId,
         /// Its head when they joined.
         last_seq: i64,
+        /// The last `seq` this node had handed to the thread's sessions when this one was
+        /// added. Above `last_seq` when a message sent after the join reached the node before
+        /// the join's announcement did: those went past this session, which reads them back.
+        handed: i64,
     },
     /// The session's user left a thread: deliver nothing more of it.
     Left {
@@ -569,15 +573,19 @@ impl Hub {
                     let mut new = Vec::new();
                     for h in &handles {
                         new.extend(add_to_threads(&mut g, h, &[thread]));
+                        let mut handed = last_seq;
                         if let Some(slot) = g.threads.get_mut(&thread) {
                             // A fresh slot starts from the join point, so the sweep delivers
                             // anything sent between the join and the subscription.
-                            if slot.last.is_none() {
-                                slot.last = Some(last_seq);
-                            }
+                            handed = *slot.last.get_or_insert(last_seq);
                         }
-                        h.push(Outbound::Joined { thread, last_seq });
+                        // The thread first, then its messages (`Joined` may read some back).
                         h.push(Outbound::Direct(frame.clone()));
+                        h.push(Outbound::Joined {
+                            thread,
+                            last_seq,
+                            handed,
+                        });
                     }
                     self.subscribe_locked(new)
                 };

@@ -212,3 +212,82 @@ async fn lock_thread_members(
         .unwrap_or_else(|e| panic!("{e}"));
     (db, tx)
 }
+
+/// A member added to a thread starts receiving it after the join's `last_seq` — also when a
+/// message sent right after the join reaches a node before the join's announcement does (the
+/// announcement is published by the node that made the join, the message by the sender's
+/// node; Redis orders them by arrival). Here the join is made on node 1, whose requests to Redis
+/// are held back, and the message is sent on node 0, where carol is connected and the thread
+/// already has local sessions: node 0 hands the message to them before it hears of carol. Her
+/// session must still get it, without waiting for a later message to reveal the hole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_overtakes_the_join_announcement_still_reaches_the_new_member() {
+    let redis = PrivateRedis::start().await;
+    let proxy = Proxy::start(redis.port).await;
+    let direct = redis.url();
+    let proxied = proxy.redis_url();
+    let c = Cluster::start_each(Backend::Cluster, 2, |i, s| {
+        s.redis.url = SecretString::from(if i == 1 {
+            proxied.clone()
+        } else {
+            direct.clone()
+        });
+    })
+    .await;
+    let (_alice, at) = c.user("alice").await;
+    let (bob, bt) = c.user("bob").await;
+    let (carol, ct) = c.user("carol").await;
+    let thread = c
+        .http(0)
+        .create_thread(&at, &[&bob], Some("late announcement"))
+        .await;
+    let mut a = c.ws(0, &at).await;
+    let mut b = c.ws(0, &bt).await;
+    let mut cw = c.ws(0, &ct).await;
+    a.send_msg(thread, "s1", "first").await;
+    b.recv_until(|f| f["body"] == "first").await;
+
+    proxy.hold_requests();
+    let adder = {
+        let h = c.http(1);
+        let at = at.clone();
+        let body = serde_json::json!({"user_ids": [carol.id.to_string()]});
+        tokio::spawn(async move {
+            h.post(
+                &format!("/api/v1/threads/{thread}/members"),
+                Some(&at),
+                body,
+            )
+            .await
+        })
+    };
+    // The join is committed (carol may read the thread) while its announcement is held.
+    let history = format!("/api/v1/threads/{thread}/messages");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while c.http(0).get(&history, Some(&ct)).await.0 != 200 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the join was never committed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ack = a.send_msg(thread, "s2", "second").await;
+    assert_eq!(ack["seq"], 2, "{ack}");
+    b.recv_until(|f| f["body"] == "second").await;
+    proxy.release_requests();
+    let (s, body) = adder
+        .await
+        .unwrap_or_else(|e| panic!("add members task: {e}"));
+    assert_eq!(s, 200, "{body}");
+
+    cw.recv_until(|f| f["type"] == "thread_created").await;
+    let f = cw
+        .recv_until_within(|f| f["type"] == "message", Duration::from_secs(5))
+        .await;
+    assert_eq!(
+        (f["body"].as_str(), f["seq"].as_i64()),
+        (Some("second"), Some(2)),
+        "{f}"
+    );
+    c.stop().await;
+}

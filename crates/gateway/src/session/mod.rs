@@ -460,8 +460,18 @@ impl Session {
                 Ok(())
             }
             Outbound::Direct(frame) => self.write(frame).await,
-            Outbound::Joined { thread, last_seq } => {
-                self.cursors.entry(thread).or_insert(last_seq);
+            Outbound::Joined {
+                thread,
+                last_seq,
+                handed,
+            } => {
+                let cursor = *self.cursors.entry(thread).or_insert(last_seq);
+                if handed > cursor {
+                    // Sent after the join but handed out before this session was added (the
+                    // message reached the node ahead of the join's announcement): nothing
+                    // later may be needed to reveal the hole, so it is read back now.
+                    Box::pin(self.fill_gap(thread, cursor, handed + 1)).await?;
+                }
                 Ok(())
             }
             Outbound::Left { thread } => {
