@@ -282,7 +282,29 @@ impl Chat {
         if row.kind == "direct" {
             return Err(Error::BadRequest("a direct thread cannot be left".into()));
         }
-        self.store.remove_member(thread, caller).await?;
+        // Delivery to the leaver stops *before* the removal is stored. Announced after it, a
+        // message stored right after the removal could reach a node ahead of the announcement
+        // (another node publishes it; Redis orders the two by arrival) and be handed to the
+        // leaver's sessions there — a message of a thread they had left. Announced first (and
+        // confirmed by Redis), everything stored after the removal is published after the
+        // announcement, and every node hears the two in that order.
+        self.publish_control_confirmed(&ControlEvent::Leaving {
+            thread,
+            user: caller,
+        })
+        .await;
+        match self.store.remove_member(thread, caller).await {
+            Ok(()) => {}
+            // Already out: a concurrent leave of theirs removed them and announces it.
+            Err(e @ confab_persistence::Error::NotFound) => return Err(e.into()),
+            Err(e) => {
+                // Still a member, but their sessions stopped receiving the thread: they
+                // reconnect and resume from their own last `seq`s (nothing lost, nothing twice).
+                self.publish_control_confirmed(&ControlEvent::Resync { user: caller })
+                    .await;
+                return Err(e.into());
+            }
+        }
         if let Err(e) = self.directory.remove_member(thread, caller).await {
             tracing::warn!(error = %e, "directory update failed");
             self.forget_until_done(caller);
@@ -291,7 +313,9 @@ impl Chat {
             thread_id: thread,
             user_id: caller,
         };
-        // The leaver's sessions stop receiving the thread (control), the others hear it left.
+        // The leaver's sessions hear they left — and any that started between the first
+        // announcement and the removal (they read the thread from the database before it) stop
+        // receiving it now; the other members hear it too.
         self.publish_control_confirmed(&ControlEvent::Left {
             thread,
             user: caller,

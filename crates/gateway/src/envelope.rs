@@ -107,6 +107,20 @@ pub enum ControlEvent {
         /// Sent to each of their sessions.
         frame: String,
     },
+    /// A user is leaving a thread: their sessions stop receiving it now, before the removal
+    /// is stored (see `Chat::leave`); [`ControlEvent::Left`] follows once it is.
+    Leaving {
+        /// The thread.
+        thread: ThreadId,
+        /// Who is leaving.
+        user: UserId,
+    },
+    /// Close every session of this user with "reconnect and resume" (1012): a leave announced
+    /// but not stored left them out of a thread they are still in.
+    Resync {
+        /// The user.
+        user: UserId,
+    },
     /// A frame for every session of these users.
     ToUsers {
         /// The users.

@@ -31,7 +31,7 @@ use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What the hub hands a session. Frames are shared (`ByteString` clones are reference counts):
 /// a message is serialized once per node, not once per recipient.
@@ -200,6 +200,24 @@ struct Inner {
     threads: HashMap<ThreadId, ThreadSlot>,
     sessions: HashMap<SessionId, SessionSlot>,
     users: HashMap<UserId, Vec<SessionId>>,
+    /// Users leaving threads: announced (`leaving`), the removal maybe not stored yet. A
+    /// session of theirs that starts now may have read the thread from the database before the
+    /// removal; it is kept out of it (see [`Hub::join`]). Cleared by `left`, a re-join or a
+    /// resync, else after [`LEAVING_TTL`] (the leaving node died mid-leave).
+    leaving: HashMap<(UserId, ThreadId), Instant>,
+}
+
+/// How long a `leaving` announcement keeps new sessions of the leaver out of the thread when no
+/// `left` (or re-join) follows: far longer than a leave takes, short enough that a leave cut
+/// short by a crash does not keep a member's new sessions out of their thread for long.
+const LEAVING_TTL: Duration = Duration::from_secs(30);
+
+impl Inner {
+    fn is_leaving(&self, user: UserId, thread: ThreadId) -> bool {
+        self.leaving
+            .get(&(user, thread))
+            .is_some_and(|at| at.elapsed() < LEAVING_TTL)
+    }
 }
 
 /// A repair to run once the lock is released: read `(after, before)` of `thread`.
@@ -291,12 +309,20 @@ impl Hub {
         session: SessionId,
         threads: &[ThreadId],
     ) -> confab_persistence::Result<HashMap<ThreadId, i64>> {
-        let (confirm, mut heads) = {
+        let (confirm, mut heads, threads) = {
             let mut g = self.lock();
             let Some(handle) = g.sessions.get(&session).map(|s| s.handle.clone()) else {
                 return Ok(HashMap::new());
             };
-            let new = add_to_threads(&mut g, &handle, threads);
+            // A thread its user is leaving may come from a read made before the removal was
+            // stored: joined now, the session could get a message stored after it before the
+            // `left` announcement reaches this node.
+            let threads: Vec<ThreadId> = threads
+                .iter()
+                .filter(|t| !g.is_leaving(handle.user, **t))
+                .copied()
+                .collect();
+            let new = add_to_threads(&mut g, &handle, &threads);
             // Threads this node already follows need no database read: the session joined them
             // under the same lock that hands out messages and advances `last`, so it gets
             // exactly the messages after `last` — no duplicate, no hole. (A busy room's
@@ -305,7 +331,7 @@ impl Hub {
                 .iter()
                 .filter_map(|t| Some((*t, g.threads.get(t)?.last?)))
                 .collect();
-            (self.subscribe_locked(new), known)
+            (self.subscribe_locked(new), known, threads)
         };
         if let Some(rx) = confirm {
             // A failed or slow subscription must not block the session: the broker keeps the
@@ -565,6 +591,9 @@ impl Hub {
                 let frame = ByteString::from(frame);
                 let confirm = {
                     let mut g = self.lock();
+                    for u in &users {
+                        g.leaving.remove(&(*u, thread));
+                    }
                     let handles: Vec<SessionHandle> =
                         users.iter().flat_map(|u| handles_of(&g, *u)).collect();
                     if handles.is_empty() {
@@ -596,24 +625,19 @@ impl Hub {
                     });
                 }
             }
+            ControlEvent::Leaving { thread, user } => self.remove_user(thread, user, None),
             ControlEvent::Left {
                 thread,
                 user,
                 frame,
-            } => {
-                let frame = ByteString::from(frame);
+            } => self.remove_user(thread, user, Some(ByteString::from(frame))),
+            ControlEvent::Resync { user } => {
                 let mut g = self.lock();
-                let handles = handles_of(&g, user);
-                let mut empty = Vec::new();
-                for h in &handles {
-                    h.push(Outbound::Left { thread });
-                    h.push(Outbound::Direct(frame.clone()));
-                    empty.extend(remove_from_threads(&mut g, h.id, &[thread]));
-                    if let Some(s) = g.sessions.get_mut(&h.id) {
-                        s.threads.remove(&thread);
-                    }
+                // The leave did not happen: their new sessions get the thread again.
+                g.leaving.retain(|(u, _), _| *u != user);
+                for h in handles_of(&g, user) {
+                    h.close(CloseReason::ServiceRestart);
                 }
-                self.unsubscribe_locked(empty);
             }
             ControlEvent::ToUsers { users, frame } => {
                 let frame = ByteString::from(frame);
@@ -651,6 +675,33 @@ impl Hub {
                 }
             }
         }
+    }
+}
+
+impl Hub {
+    /// Stop delivering `thread` to `user`'s sessions here (and give each `frame`, if any).
+    fn remove_user(&self, thread: ThreadId, user: UserId, frame: Option<ByteString>) {
+        let mut g = self.lock();
+        if frame.is_none() {
+            // `leaving`: remembered until `left` (or the TTL); stale marks go first.
+            g.leaving.retain(|_, at| at.elapsed() < LEAVING_TTL);
+            g.leaving.insert((user, thread), Instant::now());
+        } else {
+            g.leaving.remove(&(user, thread));
+        }
+        let handles = handles_of(&g, user);
+        let mut empty = Vec::new();
+        for h in &handles {
+            h.push(Outbound::Left { thread });
+            if let Some(f) = &frame {
+                h.push(Outbound::Direct(f.clone()));
+            }
+            empty.extend(remove_from_threads(&mut g, h.id, &[thread]));
+            if let Some(s) = g.sessions.get_mut(&h.id) {
+                s.threads.remove(&thread);
+            }
+        }
+        self.unsubscribe_locked(empty);
     }
 }
 

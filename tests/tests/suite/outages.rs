@@ -291,3 +291,206 @@ async fn a_message_that_overtakes_the_join_announcement_still_reaches_the_new_me
     );
     c.stop().await;
 }
+
+/// The mirror case: a member who left never gets a message stored after the leave, even when
+/// that message could reach the leaver's node before the leave's announcement. The leave is made
+/// on node 1, whose requests to Redis are held back; bob's session is on node 0, where alice
+/// sends. The leave is announced before it is stored, so while the announcement is held bob is
+/// still a member (announced after, he was out at once, and alice's next message reached him
+/// ahead of the announcement — this test's first version caught that).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_stored_after_a_leave_never_reaches_the_leaver() {
+    let redis = PrivateRedis::start().await;
+    let proxy = Proxy::start(redis.port).await;
+    let direct = redis.url();
+    let proxied = proxy.redis_url();
+    let c = Cluster::start_each(Backend::Cluster, 2, |i, s| {
+        s.redis.url = SecretString::from(if i == 1 {
+            proxied.clone()
+        } else {
+            direct.clone()
+        });
+    })
+    .await;
+    let (_alice, at) = c.user("alice").await;
+    let (bob, bt) = c.user("bob").await;
+    let thread = c
+        .http(0)
+        .create_thread(&at, &[&bob], Some("early leaver"))
+        .await;
+    let mut a = c.ws(0, &at).await;
+    let mut b = c.ws(0, &bt).await;
+    a.send_msg(thread, "s1", "first").await;
+    b.recv_until(|f| f["body"] == "first").await;
+
+    proxy.hold_requests();
+    let leaver = {
+        let h = c.http(1);
+        let bt = bt.clone();
+        tokio::spawn(async move {
+            h.delete(&format!("/api/v1/threads/{thread}/members/me"), Some(&bt))
+                .await
+        })
+    };
+    let history = format!("/api/v1/threads/{thread}/messages");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (s, body) = c.http(0).get(&history, Some(&bt)).await;
+    assert_eq!(
+        s, 200,
+        "bob was removed before the leave was announced: {body}"
+    );
+    proxy.release_requests();
+    let (s, body) = leaver.await.unwrap_or_else(|e| panic!("leave task: {e}"));
+    assert_eq!(s, 204, "{body}");
+    let (s, body) = c.http(0).get(&history, Some(&bt)).await;
+    assert_eq!(s, 403, "bob is out once the leave answered: {body}");
+    let ack = a.send_msg(thread, "s2", "after bob left").await;
+    assert_eq!(ack["seq"], 2, "{ack}");
+    // Everything bob's session writes up to its `member_left`, and a while after.
+    let mut seen = Vec::new();
+    loop {
+        let f = b
+            .next_frame(Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|| panic!("no member_left; bob saw {seen:?}"));
+        let done = f["type"] == "member_left" && f["user_id"] == bob.id.to_string();
+        seen.push(f);
+        if done {
+            break;
+        }
+    }
+    while let Some(f) = b.next_frame(Duration::from_millis(500)).await {
+        seen.push(f);
+    }
+    assert!(
+        !seen.iter().any(|f| f["type"] == "message" && f["seq"] == 2),
+        "the leaver got a message stored after the leave: {seen:?}"
+    );
+    c.stop().await;
+}
+
+/// A leave whose removal the database refuses, after delivery to the leaver already stopped:
+/// the leaver's sessions are closed with 1012 (reconnect and resume), so a member is never left
+/// connected to a thread that no longer reaches them. The refusal is a trigger in this test's
+/// own database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leave_the_database_refuses_sends_the_leavers_sessions_back_to_resume() {
+    use sea_orm::{ConnectionTrait, DbBackend, Statement};
+    let c = Cluster::start(Backend::Cluster, 2).await;
+    let (_alice, at) = c.user("alice").await;
+    let (_bob, bt) = c.user("bob").await;
+    let thread = c.http(0).create_thread(&at, &[&_bob], Some("sticky")).await;
+    let mut a = c.ws(0, &at).await;
+    let mut b = c.ws(0, &bt).await;
+    a.send_msg(thread, "s1", "first").await;
+    b.recv_until(|f| f["body"] == "first").await;
+    let db = c.node(0).state.store.connection();
+    for sql in [
+        "CREATE FUNCTION refuse_leaves() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN RAISE EXCEPTION 'leaves refused by this test'; END $$",
+        "CREATE TRIGGER refuse_leaves BEFORE DELETE ON thread_members \
+         FOR EACH ROW EXECUTE FUNCTION refuse_leaves()",
+    ] {
+        db.execute(Statement::from_string(DbBackend::Postgres, sql))
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    let (s, body) = c
+        .http(1)
+        .delete(&format!("/api/v1/threads/{thread}/members/me"), Some(&bt))
+        .await;
+    assert!(s >= 500, "the leave failed: {s} {body}");
+    assert_eq!(b.expect_close(Duration::from_secs(5)).await, Some(1012));
+    let (s, body) = c
+        .http(0)
+        .get(&format!("/api/v1/threads/{thread}/messages"), Some(&bt))
+        .await;
+    assert_eq!(s, 200, "bob is still a member: {body}");
+    let mut b = c.ws(1, &bt).await;
+    a.send_msg(thread, "s2", "still here").await;
+    let f = b.recv_until(|f| f["type"] == "message").await;
+    assert_eq!(
+        (f["body"].as_str(), f["seq"].as_i64()),
+        (Some("still here"), Some(2))
+    );
+    c.stop().await;
+}
+
+/// A session the leaver opens *while* the leave is under way — after its announcement, before
+/// the removal is stored — reads the thread among its own and must still be kept out of it:
+/// otherwise a message stored after the removal, reaching its node before the `left`
+/// announcement, would be handed to it. The test holds the removal on a row lock, opens the
+/// session, then lets the removal through while node 1 (which made the leave) cannot reach Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_opened_during_a_leave_gets_nothing_stored_after_it() {
+    use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
+    let redis = PrivateRedis::start().await;
+    let proxy = Proxy::start(redis.port).await;
+    let direct = redis.url();
+    let proxied = proxy.redis_url();
+    let c = Cluster::start_each(Backend::Cluster, 2, |i, s| {
+        s.redis.url = SecretString::from(if i == 1 {
+            proxied.clone()
+        } else {
+            direct.clone()
+        });
+    })
+    .await;
+    let (_alice, at) = c.user("alice").await;
+    let (bob, bt) = c.user("bob").await;
+    let thread = c
+        .http(0)
+        .create_thread(&at, &[&bob], Some("slow leave"))
+        .await;
+    let mut a = c.ws(0, &at).await;
+    a.send_msg(thread, "s1", "first").await;
+
+    // Bob's membership row locked: the leave's removal waits for it.
+    let db = c.node(0).state.store.connection();
+    let lock = db.begin().await.unwrap_or_else(|e| panic!("begin: {e}"));
+    lock.execute(Statement::from_string(
+        DbBackend::Postgres,
+        format!(
+            "SELECT 1 FROM thread_members WHERE thread_id = '{}' AND user_id = '{}' FOR UPDATE",
+            thread.0, bob.id.0
+        ),
+    ))
+    .await
+    .unwrap_or_else(|e| panic!("lock: {e}"));
+    let leaver = {
+        let h = c.http(1);
+        let bt = bt.clone();
+        tokio::spawn(async move {
+            h.delete(&format!("/api/v1/threads/{thread}/members/me"), Some(&bt))
+                .await
+        })
+    };
+    // The `leaving` announcement reaches node 0 within milliseconds.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut b = c.ws(0, &bt).await;
+    proxy.hold_requests();
+    lock.rollback()
+        .await
+        .unwrap_or_else(|e| panic!("rollback: {e}"));
+    let history = format!("/api/v1/threads/{thread}/messages");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while c.http(0).get(&history, Some(&bt)).await.0 != 403 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the removal was never stored"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ack = a.send_msg(thread, "s2", "after bob left").await;
+    assert_eq!(ack["seq"], 2, "{ack}");
+    b.expect_none(
+        |f| f["type"] == "message" && f["thread_id"] == thread.to_string(),
+        Duration::from_millis(700),
+    )
+    .await;
+    proxy.release_requests();
+    let (s, body) = leaver.await.unwrap_or_else(|e| panic!("leave task: {e}"));
+    assert_eq!(s, 204, "{body}");
+    b.recv_until(|f| f["type"] == "member_left").await;
+    c.stop().await;
+}
