@@ -176,6 +176,11 @@ struct ThreadSlot {
     last: Option<i64>,
     /// Messages (frame, sender) that arrived ahead of `last + 1`, waiting for a repair.
     pending: BTreeMap<i64, (ByteString, Option<UserId>)>,
+    /// Other events of the thread (edits, deletions, reactions…) that arrived while messages
+    /// were held, each behind the highest `seq` held then: an event about a held message must
+    /// not reach a client before the message does (a deletion first, then the message as it
+    /// was published, would leave the message showing). `(after seq, exclude, frame)`.
+    waiting: Vec<(i64, Option<UserId>, ByteString)>,
     repairing: bool,
 }
 
@@ -185,6 +190,7 @@ impl ThreadSlot {
             sessions: Vec::new(),
             last: None,
             pending: BTreeMap::new(),
+            waiting: Vec::new(),
             repairing: false,
         }
     }
@@ -564,12 +570,16 @@ impl Hub {
             match env.seq {
                 Some(seq) => accept(thread, slot, seq, (frame, env.sender), self.max_pending),
                 None => {
-                    for s in &slot.sessions {
-                        s.push(Outbound::Thread {
-                            thread,
-                            exclude: env.exclude,
-                            frame: frame.clone(),
-                        });
+                    match slot.pending.last_key_value() {
+                        Some((&after, _)) if slot.waiting.len() < self.max_pending => {
+                            slot.waiting.push((after, env.exclude, frame));
+                        }
+                        _ => {
+                            // Nothing held (or too much waiting already: out of order beats
+                            // unbounded memory; the client still gets every event).
+                            release(thread, slot, i64::MAX);
+                            fanout_event(thread, slot, env.exclude, &frame);
+                        }
                     }
                     None
                 }
@@ -796,8 +806,10 @@ fn accept(
         _ => {
             if slot.pending.len() >= max_pending {
                 // Holding more would grow memory without bound during a long outage; the
-                // sweep and the sessions' own gap fill recover from the database.
+                // sweep and the sessions' own gap fill recover from the database (whose copies
+                // are current, so the events held for them may go first).
                 slot.pending.clear();
+                release(thread, slot, i64::MAX);
             }
             slot.pending.insert(seq, frame);
             match slot.last {
@@ -827,12 +839,36 @@ fn drain(thread: ThreadId, slot: &mut ThreadSlot) -> Option<Repair> {
         }
     }
     slot.last = Some(last);
+    release(thread, slot, last);
     match slot.pending.first_key_value() {
         Some((&next, _)) if !slot.repairing => {
             slot.repairing = true;
             Some((thread, last, next))
         }
         _ => None,
+    }
+}
+
+/// Hand out the events that waited behind messages up to `upto`, in arrival order.
+fn release(thread: ThreadId, slot: &mut ThreadSlot, upto: i64) {
+    if slot.waiting.is_empty() {
+        return;
+    }
+    let waiting = std::mem::take(&mut slot.waiting);
+    let (ready, still): (Vec<_>, Vec<_>) = waiting.into_iter().partition(|(a, ..)| *a <= upto);
+    slot.waiting = still;
+    for (_, exclude, frame) in ready {
+        fanout_event(thread, slot, exclude, &frame);
+    }
+}
+
+fn fanout_event(thread: ThreadId, slot: &ThreadSlot, exclude: Option<UserId>, frame: &ByteString) {
+    for s in &slot.sessions {
+        s.push(Outbound::Thread {
+            thread,
+            exclude,
+            frame: frame.clone(),
+        });
     }
 }
 

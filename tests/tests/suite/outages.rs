@@ -494,3 +494,75 @@ async fn a_session_opened_during_a_leave_gets_nothing_stored_after_it() {
     b.recv_until(|f| f["type"] == "member_left").await;
     c.stop().await;
 }
+
+/// An event about a message a node still holds (it arrived after a hole the node is repairing)
+/// waits behind that message: deleted while held, the message must reach the client before its
+/// `message_deleted`, or the client would show it as it was published. The hole is a publish
+/// lost while Redis was down; a long `delivery.gap_grace_ms` keeps it open while alice sends and
+/// deletes the next message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_about_a_held_message_waits_for_the_message() {
+    let mut redis = PrivateRedis::start().await;
+    let url = redis.url();
+    let c = Cluster::start_with(Backend::Cluster, 2, |s| {
+        s.redis.url = SecretString::from(url.clone());
+        s.redis.reconnect_max_ms = 300;
+        s.delivery.gap_grace_ms = 5000;
+    })
+    .await;
+    let (_alice, at) = c.user("alice").await;
+    let (bob, bt) = c.user("bob").await;
+    let thread = c.http(0).create_thread(&at, &[&bob], None).await;
+    let mut a = c.ws(0, &at).await;
+    let mut b = c.ws(1, &bt).await;
+    a.send_msg(thread, "r1", "before").await;
+    b.recv_until(|f| f["body"] == "before").await;
+
+    redis.stop();
+    wait_ready(&c, 1, 503, Duration::from_secs(10)).await;
+    let ack = a.send_msg(thread, "lost", "published into the void").await;
+    assert_eq!(ack["seq"], 2, "{ack}");
+    redis.restart().await;
+    wait_ready(&c, 0, 200, Duration::from_secs(15)).await;
+    wait_ready(&c, 1, 200, Duration::from_secs(15)).await;
+    let ack = a.send_msg(thread, "doomed", "soon deleted").await;
+    assert_eq!(ack["seq"], 3, "{ack}");
+    let id = ack["id"].as_str().unwrap_or_default().to_owned();
+    let (s, body) = c
+        .http(0)
+        .delete(&format!("/api/v1/messages/{id}"), Some(&at))
+        .await;
+    assert!(s == 200 || s == 204, "delete: {s} {body}");
+
+    let mut seen = Vec::new();
+    while !seen
+        .iter()
+        .any(|f: &serde_json::Value| f["type"] == "message_deleted")
+    {
+        let f = b
+            .next_frame(Duration::from_secs(15))
+            .await
+            .unwrap_or_else(|| panic!("no message_deleted; bob saw {seen:?}"));
+        seen.push(f);
+    }
+    let order: Vec<(String, i64)> = seen
+        .iter()
+        .filter(|f| f["thread_id"] == thread.to_string())
+        .map(|f| {
+            (
+                f["type"].as_str().unwrap_or_default().to_owned(),
+                f["seq"].as_i64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        order,
+        vec![
+            ("message".to_owned(), 2),
+            ("message".to_owned(), 3),
+            ("message_deleted".to_owned(), 3)
+        ],
+        "{seen:?}"
+    );
+    c.stop().await;
+}
