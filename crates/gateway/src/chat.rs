@@ -300,8 +300,11 @@ impl Chat {
             Err(e) => {
                 // Still a member, but their sessions stopped receiving the thread: they
                 // reconnect and resume from their own last `seq`s (nothing lost, nothing twice).
-                self.publish_control_confirmed(&ControlEvent::Resync { user: caller })
-                    .await;
+                self.publish_control_confirmed(&ControlEvent::Resync {
+                    user: caller,
+                    thread,
+                })
+                .await;
                 return Err(e.into());
             }
         }

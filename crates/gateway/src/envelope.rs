@@ -120,6 +120,8 @@ pub enum ControlEvent {
     Resync {
         /// The user.
         user: UserId,
+        /// The thread they did not leave after all.
+        thread: ThreadId,
     },
     /// A frame for every session of these users.
     ToUsers {

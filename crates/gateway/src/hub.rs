@@ -641,10 +641,10 @@ impl Hub {
                 user,
                 frame,
             } => self.remove_user(thread, user, Some(ByteString::from(frame))),
-            ControlEvent::Resync { user } => {
+            ControlEvent::Resync { user, thread } => {
                 let mut g = self.lock();
                 // The leave did not happen: their new sessions get the thread again.
-                g.leaving.retain(|(u, _), _| *u != user);
+                g.leaving.remove(&(user, thread));
                 for h in handles_of(&g, user) {
                     h.close(CloseReason::ServiceRestart);
                 }

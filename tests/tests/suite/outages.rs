@@ -371,7 +371,8 @@ async fn a_message_stored_after_a_leave_never_reaches_the_leaver() {
 
 /// A leave whose removal the database refuses, after delivery to the leaver already stopped:
 /// the leaver's sessions are closed with 1012 (reconnect and resume), so a member is never left
-/// connected to a thread that no longer reaches them. The refusal is a trigger in this test's
+/// connected to a thread that no longer reaches them, and their new sessions get the thread
+/// again (the nodes forget the `leaving` announcement). The refusal is a trigger in this test's
 /// own database.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leave_the_database_refuses_sends_the_leavers_sessions_back_to_resume() {
