@@ -288,11 +288,13 @@ impl Chat {
         // leaver's sessions there — a message of a thread they had left. Announced first (and
         // confirmed by Redis), everything stored after the removal is published after the
         // announcement, and every node hears the two in that order.
-        self.publish_control_confirmed(&ControlEvent::Leaving {
+        // Unannounced, the removal would leave the leaver's sessions receiving the thread: with
+        // Redis unreachable the leave is refused (503) and changes nothing.
+        self.announce_or_refuse(&ControlEvent::Leaving {
             thread,
             user: caller,
         })
-        .await;
+        .await?;
         match self.store.remove_member(thread, caller).await {
             Ok(()) => {}
             // Already out: a concurrent leave of theirs removed them and announces it.
@@ -401,31 +403,63 @@ impl Chat {
     /// (Redis delivers in the order it processes publishes). A few retries ride out a blip; if
     /// Redis stays down the event is queued like any other, and is logged.
     pub async fn publish_control_confirmed(&self, ev: &ControlEvent) {
-        let payload = match serde_json::to_vec(ev) {
-            Ok(v) => bytes::Bytes::from(v),
+        if let Some((channel, payload)) = self.control_payload(ev) {
+            if self.publish_with_retries(&channel, &payload).await.is_err() {
+                self.metrics.publish_failures.inc();
+                self.broker.publish(channel, payload);
+            }
+        }
+    }
+
+    /// Like [`Chat::publish_control_confirmed`], for a change that must not happen unannounced:
+    /// `unavailable` (nothing published, nothing queued) when Redis does not accept it, so the
+    /// caller refuses the change instead of making it behind the nodes' backs.
+    pub async fn announce_or_refuse(&self, ev: &ControlEvent) -> Result<()> {
+        let Some((channel, payload)) = self.control_payload(ev) else {
+            return Err(Error::Internal("control event serialization failed".into()));
+        };
+        self.publish_with_retries(&channel, &payload)
+            .await
+            .map_err(|e| {
+                Error::Unavailable(format!(
+                    "cannot announce this change to the other nodes ({e}); try again"
+                ))
+            })
+    }
+
+    fn control_payload(&self, ev: &ControlEvent) -> Option<(String, bytes::Bytes)> {
+        match serde_json::to_vec(ev) {
+            Ok(v) => Some((self.keys.control_channel(), bytes::Bytes::from(v))),
             Err(e) => {
                 tracing::error!(error = %e, "control event serialization failed");
-                return;
+                None
             }
-        };
-        let channel = self.keys.control_channel();
+        }
+    }
+
+    async fn publish_with_retries(
+        &self,
+        channel: &str,
+        payload: &bytes::Bytes,
+    ) -> std::result::Result<(), crate::broker::BrokerError> {
         let mut wait = std::time::Duration::from_millis(50);
+        let mut last = None;
         for _ in 0..3 {
             match self
                 .broker
-                .publish_confirmed(channel.clone(), payload.clone())
+                .publish_confirmed(channel.to_owned(), payload.clone())
                 .await
             {
-                Ok(()) => return,
+                Ok(()) => return Ok(()),
                 Err(e) => {
                     tracing::warn!(error = %e, "control publish failed; retrying");
+                    last = Some(e);
                     tokio::time::sleep(wait).await;
                     wait *= 4;
                 }
             }
         }
-        self.metrics.publish_failures.inc();
-        self.broker.publish(channel, payload);
+        Err(last.unwrap_or_else(|| crate::broker::BrokerError("no attempt made".into())))
     }
 
     /// Publish an event every node hears.

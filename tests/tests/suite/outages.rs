@@ -567,3 +567,48 @@ async fn an_event_about_a_held_message_waits_for_the_message() {
     );
     c.stop().await;
 }
+
+/// With Redis unreachable, a leave and a logout are refused (503) and change nothing: made
+/// unannounced, the leaver's sessions would go on receiving the thread, and the logged-out
+/// token's sessions on other nodes would stay open. Once Redis is back both go through, and
+/// their announcements reach the sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaves_and_logouts_wait_for_redis_rather_than_go_unannounced() {
+    let mut redis = PrivateRedis::start().await;
+    let url = redis.url();
+    let c = Cluster::start_with(Backend::Cluster, 2, |s| {
+        s.redis.url = SecretString::from(url.clone());
+        s.redis.reconnect_max_ms = 300;
+    })
+    .await;
+    let (_alice, at) = c.user("alice").await;
+    let (bob, bt) = c.user("bob").await;
+    let (_carol, ct) = c.user("carol").await;
+    let thread = c.http(0).create_thread(&at, &[&bob], Some("outage")).await;
+    let mut b = c.ws(1, &bt).await;
+    let mut cw = c.ws(1, &ct).await;
+    let history = format!("/api/v1/threads/{thread}/messages");
+    let leave = format!("/api/v1/threads/{thread}/members/me");
+
+    redis.stop();
+    wait_ready(&c, 0, 503, Duration::from_secs(10)).await;
+    let (s, body) = c.http(0).delete(&leave, Some(&bt)).await;
+    assert_eq!(s, 503, "leave during the outage: {body}");
+    assert_eq!(c.http(0).get(&history, Some(&bt)).await.0, 200, "bob left");
+    let (s, body) = c.http(0).delete("/api/v1/sessions", Some(&ct)).await;
+    assert_eq!(s, 503, "logout during the outage: {body}");
+    let (s, body) = c.http(0).get("/api/v1/users/me", Some(&ct)).await;
+    assert_eq!(s, 200, "carol's token was revoked: {body}");
+
+    redis.restart().await;
+    wait_ready(&c, 0, 200, Duration::from_secs(15)).await;
+    wait_ready(&c, 1, 200, Duration::from_secs(15)).await;
+    let (s, body) = c.http(0).delete(&leave, Some(&bt)).await;
+    assert_eq!(s, 204, "{body}");
+    let f = b.recv_until(|f| f["type"] == "member_left").await;
+    assert_eq!(f["user_id"], bob.id.to_string());
+    let (s, body) = c.http(0).delete("/api/v1/sessions", Some(&ct)).await;
+    assert_eq!(s, 204, "{body}");
+    assert_eq!(cw.expect_close(Duration::from_secs(5)).await, Some(1008));
+    c.stop().await;
+}

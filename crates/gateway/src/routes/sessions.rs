@@ -47,12 +47,16 @@ pub async fn login(
 
 /// `DELETE /api/v1/sessions` (with the bearer token) → 204; the token stops working at once and
 /// the WebSocket sessions opened with it are closed (1008) on every node.
+///
+/// The close is announced before the token is revoked: revoked unannounced (Redis unreachable),
+/// the token's open sessions on other nodes would go on receiving. So with Redis unreachable the
+/// logout is refused (503) and changes nothing; the client retries. A second announcement after
+/// the revocation closes a session the token opened in between.
 pub async fn logout(state: web::Data<AppState>, me: AuthUser) -> Result<HttpResponse> {
-    state.store.revoke_token(&me.token_hash).await?;
     let token_tag = u64::from_str_radix(me.token_hash.get(..16).unwrap_or("0"), 16).unwrap_or(0);
-    state
-        .chat
-        .publish_control_confirmed(&ControlEvent::Kick { token_tag })
-        .await;
+    let kick = ControlEvent::Kick { token_tag };
+    state.chat.announce_or_refuse(&kick).await?;
+    state.store.revoke_token(&me.token_hash).await?;
+    state.chat.publish_control_confirmed(&kick).await;
     Ok(HttpResponse::NoContent().finish())
 }
