@@ -24,6 +24,36 @@ async fn wait_ready(c: &Cluster, i: usize, want: u16, within: Duration) {
     }
 }
 
+/// Two nodes on a private Redis; node 1 reaches it through a proxy the test can freeze (replies
+/// stop) or hold (requests wait).
+async fn node1_behind_a_proxy(
+    tweak: impl Fn(&mut confab_gateway::Settings),
+) -> (PrivateRedis, Proxy, Cluster) {
+    let redis = PrivateRedis::start().await;
+    let proxy = Proxy::start(redis.port).await;
+    let direct = redis.url();
+    let proxied = proxy.redis_url();
+    let c = Cluster::start_each(Backend::Cluster, 2, |i, s| {
+        s.redis.url = SecretString::from(if i == 1 {
+            proxied.clone()
+        } else {
+            direct.clone()
+        });
+        tweak(s);
+    })
+    .await;
+    (redis, proxy, c)
+}
+
+/// Poll `GET path` on node `i` as `token` until it answers `want`.
+async fn wait_status(c: &Cluster, i: usize, path: &str, token: &str, want: u16, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while c.http(i).get(path, Some(token)).await.0 != want {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_acked_while_redis_is_down_reach_members_when_it_is_back() {
     let mut redis = PrivateRedis::start().await;
@@ -72,16 +102,7 @@ async fn messages_acked_while_redis_is_down_reach_members_when_it_is_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silently_stalled_subscription_is_detected_and_repaired() {
-    let redis = PrivateRedis::start().await;
-    let proxy = Proxy::start(redis.port).await;
-    let direct = redis.url();
-    let proxied = proxy.redis_url();
-    let c = Cluster::start_each(Backend::Cluster, 2, |i, s| {
-        s.redis.url = SecretString::from(if i == 1 {
-            proxied.clone()
-        } else {
-            direct.clone()
-        });
+    let (_redis, proxy, c) = node1_behind_a_proxy(|s| {
         s.redis.probe_interval_ms = 200;
         s.redis.probe_timeout_ms = 1000;
         s.redis.reconnect_max_ms = 300;
@@ -222,18 +243,7 @@ async fn lock_thread_members(
 /// session must still get it, without waiting for a later message to reveal the hole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_that_overtakes_the_join_announcement_still_reaches_the_new_member() {
-    let redis = PrivateRedis::start().await;
-    let proxy = Proxy::start(redis.port).await;
-    let direct = redis.url();
-    let proxied = proxy.redis_url();
-    let c = Cluster::start_each(Backend::Cluster, 2, |i, s| {
-        s.redis.url = SecretString::from(if i == 1 {
-            proxied.clone()
-        } else {
-            direct.clone()
-        });
-    })
-    .await;
+    let (_redis, proxy, c) = node1_behind_a_proxy(|_| {}).await;
     let (_alice, at) = c.user("alice").await;
     let (bob, bt) = c.user("bob").await;
     let (carol, ct) = c.user("carol").await;
@@ -263,14 +273,7 @@ async fn a_message_that_overtakes_the_join_announcement_still_reaches_the_new_me
     };
     // The join is committed (carol may read the thread) while its announcement is held.
     let history = format!("/api/v1/threads/{thread}/messages");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while c.http(0).get(&history, Some(&ct)).await.0 != 200 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the join was never committed"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_status(&c, 0, &history, &ct, 200, "the join was never committed").await;
     let ack = a.send_msg(thread, "s2", "second").await;
     assert_eq!(ack["seq"], 2, "{ack}");
     b.recv_until(|f| f["body"] == "second").await;
@@ -300,18 +303,7 @@ async fn a_message_that_overtakes_the_join_announcement_still_reaches_the_new_me
 /// ahead of the announcement — this test's first version caught that).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_stored_after_a_leave_never_reaches_the_leaver() {
-    let redis = PrivateRedis::start().await;
-    let proxy = Proxy::start(redis.port).await;
-    let direct = redis.url();
-    let proxied = proxy.redis_url();
-    let c = Cluster::start_each(Backend::Cluster, 2, |i, s| {
-        s.redis.url = SecretString::from(if i == 1 {
-            proxied.clone()
-        } else {
-            direct.clone()
-        });
-    })
-    .await;
+    let (_redis, proxy, c) = node1_behind_a_proxy(|_| {}).await;
     let (_alice, at) = c.user("alice").await;
     let (bob, bt) = c.user("bob").await;
     let thread = c
@@ -425,18 +417,7 @@ async fn a_leave_the_database_refuses_sends_the_leavers_sessions_back_to_resume(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_opened_during_a_leave_gets_nothing_stored_after_it() {
     use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
-    let redis = PrivateRedis::start().await;
-    let proxy = Proxy::start(redis.port).await;
-    let direct = redis.url();
-    let proxied = proxy.redis_url();
-    let c = Cluster::start_each(Backend::Cluster, 2, |i, s| {
-        s.redis.url = SecretString::from(if i == 1 {
-            proxied.clone()
-        } else {
-            direct.clone()
-        });
-    })
-    .await;
+    let (_redis, proxy, c) = node1_behind_a_proxy(|_| {}).await;
     let (_alice, at) = c.user("alice").await;
     let (bob, bt) = c.user("bob").await;
     let thread = c
@@ -474,14 +455,7 @@ async fn a_session_opened_during_a_leave_gets_nothing_stored_after_it() {
         .await
         .unwrap_or_else(|e| panic!("rollback: {e}"));
     let history = format!("/api/v1/threads/{thread}/messages");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while c.http(0).get(&history, Some(&bt)).await.0 != 403 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the removal was never stored"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_status(&c, 0, &history, &bt, 403, "the removal was never stored").await;
     let ack = a.send_msg(thread, "s2", "after bob left").await;
     assert_eq!(ack["seq"], 2, "{ack}");
     b.expect_none(
