@@ -1,7 +1,8 @@
 //! A loopback TCP proxy that can be frozen: bytes from the server stop flowing while the
 //! connection stays open — the "silent stall" of a pub/sub connection whose health checks
 //! stay green while delivery has stopped. It also keeps what clients sent, for tests that look
-//! at a protocol's messages.
+//! at a protocol's messages. It can also be cut: every connection through it dropped, and new
+//! ones closed at once, until restored (the server unreachable from this one client).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,6 +16,8 @@ pub struct Proxy {
     pub port: u16,
     frozen: Arc<AtomicBool>,
     held: Arc<AtomicBool>,
+    cut: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
     sent: Arc<Mutex<Vec<u8>>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -29,21 +32,36 @@ impl Proxy {
         let frozen = Arc::new(AtomicBool::new(false));
         let held = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(Mutex::new(Vec::new()));
-        let (f, h, s) = (frozen.clone(), held.clone(), sent.clone());
+        let cut = Arc::new(AtomicBool::new(false));
+        let conns = Arc::new(Mutex::new(Vec::new()));
+        let (f, h, s, c, cs) = (
+            frozen.clone(),
+            held.clone(),
+            sent.clone(),
+            cut.clone(),
+            conns.clone(),
+        );
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
+                if c.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
                 let (f, h, s) = (f.clone(), h.clone(), s.clone());
-                tokio::spawn(async move {
+                let conn = tokio::spawn(async move {
                     if let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await {
                         pipe(client, server, f, h, s).await;
                     }
                 });
+                cs.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
             }
         });
         Proxy {
             port,
             frozen,
             held,
+            cut,
+            conns,
             sent,
             task,
         }
@@ -76,6 +94,24 @@ impl Proxy {
         self.held.store(false, Ordering::SeqCst);
     }
 
+    /// Drop every connection through the proxy and close new ones at once.
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        for c in self
+            .conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            c.abort();
+        }
+    }
+
+    /// Accept and forward connections again.
+    pub fn restore(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+
     /// `redis://127.0.0.1:port`.
     pub fn redis_url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
@@ -85,6 +121,14 @@ impl Proxy {
 impl Drop for Proxy {
     fn drop(&mut self) {
         self.task.abort();
+        for c in self
+            .conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            c.abort();
+        }
     }
 }
 

@@ -16,6 +16,7 @@ use confab_protocol::{Message, ServerFrame, Thread, ThreadId, UserId, UserRef};
 use std::sync::Arc;
 use std::time::Instant;
 
+mod control;
 mod messages;
 mod reading;
 mod rooms;
@@ -52,6 +53,8 @@ pub struct Chat {
     metrics: Metrics,
     limits: Arc<LimitSettings>,
     typing: Arc<reading::TypingGate>,
+    /// Control events waiting for Redis (see `control`).
+    backlog: Arc<control::Backlog>,
 }
 
 impl Chat {
@@ -75,6 +78,7 @@ impl Chat {
             metrics,
             limits,
             typing: Arc::default(),
+            backlog: Arc::default(),
         }
     }
 
@@ -396,70 +400,6 @@ impl Chat {
             self.keys.thread_channel(thread),
             Envelope::event(exclude, &frame.to_json()),
         );
-    }
-
-    /// Publish a membership or session event every node must hear, and return only once Redis
-    /// accepted it: a message sent after the caller's reply then reaches every node after it
-    /// (Redis delivers in the order it processes publishes). A few retries ride out a blip; if
-    /// Redis stays down the event is queued like any other, and is logged.
-    pub async fn publish_control_confirmed(&self, ev: &ControlEvent) {
-        if let Some((channel, payload)) = self.control_payload(ev) {
-            if self.publish_with_retries(&channel, &payload).await.is_err() {
-                self.metrics.publish_failures.inc();
-                self.broker.publish(channel, payload);
-            }
-        }
-    }
-
-    /// Like [`Chat::publish_control_confirmed`], for a change that must not happen unannounced:
-    /// `unavailable` (nothing published, nothing queued) when Redis does not accept it, so the
-    /// caller refuses the change instead of making it behind the nodes' backs.
-    pub async fn announce_or_refuse(&self, ev: &ControlEvent) -> Result<()> {
-        let Some((channel, payload)) = self.control_payload(ev) else {
-            return Err(Error::Internal("control event serialization failed".into()));
-        };
-        self.publish_with_retries(&channel, &payload)
-            .await
-            .map_err(|e| {
-                Error::Unavailable(format!(
-                    "cannot announce this change to the other nodes ({e}); try again"
-                ))
-            })
-    }
-
-    fn control_payload(&self, ev: &ControlEvent) -> Option<(String, bytes::Bytes)> {
-        match serde_json::to_vec(ev) {
-            Ok(v) => Some((self.keys.control_channel(), bytes::Bytes::from(v))),
-            Err(e) => {
-                tracing::error!(error = %e, "control event serialization failed");
-                None
-            }
-        }
-    }
-
-    async fn publish_with_retries(
-        &self,
-        channel: &str,
-        payload: &bytes::Bytes,
-    ) -> std::result::Result<(), crate::broker::BrokerError> {
-        let mut wait = std::time::Duration::from_millis(50);
-        let mut last = None;
-        for _ in 0..3 {
-            match self
-                .broker
-                .publish_confirmed(channel.to_owned(), payload.clone())
-                .await
-            {
-                Ok(()) => return Ok(()),
-                Err(e) => {
-                    tracing::warn!(error = %e, "control publish failed; retrying");
-                    last = Some(e);
-                    tokio::time::sleep(wait).await;
-                    wait *= 4;
-                }
-            }
-        }
-        Err(last.unwrap_or_else(|| crate::broker::BrokerError("no attempt made".into())))
     }
 
     /// Publish an event every node hears.

@@ -586,3 +586,63 @@ async fn leaves_and_logouts_wait_for_redis_rather_than_go_unannounced() {
     assert_eq!(cw.expect_close(Duration::from_secs(5)).await, Some(1008));
     c.stop().await;
 }
+
+/// A member added while the node making the join cannot reach Redis: the join is stored, and
+/// its announcement waits in that node's backlog until Redis is reachable again — dropped, the
+/// new member's open session on another node would never hear of the thread (no later message
+/// reveals it). Once it arrives the session gets `thread_created` and what follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_announced_while_its_node_cannot_reach_redis_arrives_once_it_can() {
+    let redis = PrivateRedis::start().await;
+    let proxy = Proxy::start(redis.port).await;
+    let direct = redis.url();
+    let proxied = proxy.redis_url();
+    let c = Cluster::start_each(Backend::Cluster, 2, |i, s| {
+        s.redis.url = SecretString::from(if i == 0 {
+            proxied.clone()
+        } else {
+            direct.clone()
+        });
+        s.redis.reconnect_max_ms = 300;
+    })
+    .await;
+    let (_alice, at) = c.user("alice").await;
+    let (bob, _bt) = c.user("bob").await;
+    let (carol, ct) = c.user("carol").await;
+    let thread = c
+        .http(0)
+        .create_thread(&at, &[&bob], Some("added in the dark"))
+        .await;
+    let mut a = c.ws(0, &at).await;
+    let mut cw = c.ws(1, &ct).await;
+
+    proxy.cut();
+    let (s, body) = c
+        .http(0)
+        .post(
+            &format!("/api/v1/threads/{thread}/members"),
+            Some(&at),
+            serde_json::json!({"user_ids": [carol.id.to_string()]}),
+        )
+        .await;
+    assert_eq!(s, 200, "the join is stored: {body}");
+    cw.expect_none(
+        |f| f["type"] == "thread_created",
+        Duration::from_millis(300),
+    )
+    .await;
+
+    proxy.restore();
+    let f = cw
+        .recv_until_within(|f| f["type"] == "thread_created", Duration::from_secs(10))
+        .await;
+    assert_eq!(f["thread"]["id"], thread.to_string(), "{f}");
+    wait_ready(&c, 0, 200, Duration::from_secs(15)).await;
+    a.send_msg(thread, "a1", "welcome").await;
+    let f = cw.recv_until(|f| f["type"] == "message").await;
+    assert_eq!(
+        (f["body"].as_str(), f["seq"].as_i64()),
+        (Some("welcome"), Some(1))
+    );
+    c.stop().await;
+}

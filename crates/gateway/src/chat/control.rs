@@ -1,0 +1,170 @@
+//! Control events every node must hear (joins, leaves, logouts), published in order and not
+//! dropped by the publishing node while it cannot reach Redis.
+//!
+//! Why a backlog: a join is stored first and announced after; if Redis is unreachable then, a
+//! dropped announcement would leave the new member's open sessions outside the thread for good
+//! (no later message reveals it: the node does not follow the thread for them). So an
+//! announcement that cannot be published waits in this node's backlog, which one task publishes
+//! in order, retrying until Redis takes it. Later announcements queue behind it, so the nodes
+//! still hear a user's join before their leave.
+//!
+//! Not covered: pub/sub does not keep what it delivers, so an announcement published while
+//! another node is re-subscribing (just after a Redis restart) is lost for that node, and its
+//! sessions of the users concerned miss the change until they reconnect. Closing that needs a
+//! replayable log of control events (a Redis stream read from the last id seen on resubscribe).
+
+use super::Chat;
+use crate::broker::BrokerError;
+use crate::envelope::ControlEvent;
+use crate::error::{Error, Result};
+use bytes::Bytes;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Announcements held while Redis is unreachable; past this the oldest are dropped (and
+/// logged): the bound of a node's memory for an outage of any length.
+const BACKLOG_MAX: usize = 10_000;
+/// The backlog's retry interval grows to this.
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// Announcements waiting for Redis, oldest first.
+#[derive(Default)]
+pub(crate) struct Backlog {
+    queue: Mutex<VecDeque<(String, Bytes)>>,
+    /// A task is publishing the backlog.
+    draining: AtomicBool,
+}
+
+impl Backlog {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(String, Bytes)>> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+}
+
+impl Chat {
+    /// Publish a membership or session event every node must hear, and return only once Redis
+    /// accepted it: a message sent after the caller's reply then reaches every node after it
+    /// (Redis delivers in the order it processes publishes). A few retries ride out a blip; if
+    /// Redis stays down, the event waits in the node's backlog (see the module docs) and is
+    /// published when Redis is back, after any older one.
+    pub async fn publish_control_confirmed(&self, ev: &ControlEvent) {
+        let Some((channel, payload)) = self.control_payload(ev) else {
+            return;
+        };
+        if !self.backlog.is_empty() {
+            // Behind what is already waiting, so the nodes hear them in order.
+            self.hold_back(channel, payload);
+            return;
+        }
+        if self.publish_with_retries(&channel, &payload).await.is_err() {
+            self.metrics.publish_failures.inc();
+            self.hold_back(channel, payload);
+        }
+    }
+
+    /// Like [`Chat::publish_control_confirmed`], for a change that must not happen unannounced:
+    /// `unavailable` (nothing published, nothing queued) when Redis does not take it now, so the
+    /// caller refuses the change instead of making it behind the nodes' backs.
+    pub async fn announce_or_refuse(&self, ev: &ControlEvent) -> Result<()> {
+        let Some((channel, payload)) = self.control_payload(ev) else {
+            return Err(Error::Internal("control event serialization failed".into()));
+        };
+        if !self.backlog.is_empty() {
+            return Err(Error::Unavailable(
+                "announcements held during a Redis outage are still being sent; try again".into(),
+            ));
+        }
+        self.publish_with_retries(&channel, &payload)
+            .await
+            .map_err(|e| {
+                Error::Unavailable(format!(
+                    "cannot announce this change to the other nodes ({e}); try again"
+                ))
+            })
+    }
+
+    fn control_payload(&self, ev: &ControlEvent) -> Option<(String, Bytes)> {
+        match serde_json::to_vec(ev) {
+            Ok(v) => Some((self.keys.control_channel(), Bytes::from(v))),
+            Err(e) => {
+                tracing::error!(error = %e, "control event serialization failed");
+                None
+            }
+        }
+    }
+
+    async fn publish_with_retries(
+        &self,
+        channel: &str,
+        payload: &Bytes,
+    ) -> std::result::Result<(), BrokerError> {
+        let mut wait = Duration::from_millis(50);
+        let mut last = None;
+        for _ in 0..3 {
+            match self
+                .broker
+                .publish_confirmed(channel.to_owned(), payload.clone())
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "control publish failed; retrying");
+                    last = Some(e);
+                    tokio::time::sleep(wait).await;
+                    wait *= 4;
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| BrokerError("no attempt made".into())))
+    }
+
+    /// Queue an announcement behind the backlog and make sure a task is publishing it.
+    fn hold_back(&self, channel: String, payload: Bytes) {
+        {
+            let mut q = self.backlog.lock();
+            if q.len() >= BACKLOG_MAX {
+                q.pop_front();
+                tracing::error!("control backlog full: the oldest announcement was dropped");
+            }
+            q.push_back((channel, payload));
+        }
+        tracing::warn!("Redis unreachable: announcement held until it is back");
+        if !self.backlog.draining.swap(true, Ordering::AcqRel) {
+            let chat = self.clone();
+            tokio::spawn(async move { chat.drain_backlog().await });
+        }
+    }
+
+    /// Publish the backlog in order, each one until Redis takes it.
+    async fn drain_backlog(self) {
+        let mut wait = Duration::from_millis(100);
+        loop {
+            let next = self.backlog.lock().front().cloned();
+            let Some((channel, payload)) = next else {
+                self.backlog.draining.store(false, Ordering::Release);
+                // Something queued between the look and the flag: keep going if nobody else is.
+                if self.backlog.is_empty() || self.backlog.draining.swap(true, Ordering::AcqRel) {
+                    return;
+                }
+                continue;
+            };
+            match self.broker.publish_confirmed(channel, payload).await {
+                Ok(()) => {
+                    self.backlog.lock().pop_front();
+                    wait = Duration::from_millis(100);
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "held announcement not published yet");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(RETRY_MAX);
+                }
+            }
+        }
+    }
+}
