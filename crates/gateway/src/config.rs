@@ -156,6 +156,9 @@ pub struct RedisSettings {
     pub probe_interval_ms: u64,
     /// A probe not seen back within this is a stalled subscription: reconnect.
     pub probe_timeout_ms: u64,
+    /// About how many control announcements (joins, leaves, logouts) the control log keeps for
+    /// nodes that were reconnecting when they were published.
+    pub control_log_max: usize,
 }
 
 /// Deployment shape.

@@ -32,6 +32,11 @@ impl Keys {
         format!("{}:control", self.prefix)
     }
 
+    /// The stream logging control-channel announcements (read back after a reconnect).
+    pub fn control_log(&self) -> String {
+        format!("{}:control:log", self.prefix)
+    }
+
     /// A node's own liveness-probe channel.
     pub fn probe_channel(&self, node: &str) -> String {
         format!("{}:probe:{}", self.prefix, node)

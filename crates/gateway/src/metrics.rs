@@ -43,6 +43,8 @@ pub struct Metrics {
     pub pubsub_reconnects: IntCounter,
     /// Pub/sub stalls detected by the liveness probe.
     pub pubsub_stalls: IntCounter,
+    /// Control announcements read back from the control log after a pub/sub reconnect.
+    pub control_replayed: IntCounter,
     /// Publishes that failed (retried in the background, repaired by sweeps).
     pub publish_failures: IntCounter,
     /// Gap repairs from the database (node-side and per-session).
@@ -160,6 +162,10 @@ impl Metrics {
                 "confab_pubsub_stalls_total",
                 "Pub/sub stalls detected by the liveness probe",
             )),
+            control_replayed: must(IntCounter::new(
+                "confab_control_replayed_total",
+                "Control announcements read back from the control log after a pub/sub reconnect",
+            )),
             publish_failures: must(IntCounter::new(
                 "confab_publish_failures_total",
                 "Failed publishes (retried and repaired)",
@@ -235,6 +241,7 @@ impl Metrics {
         must(r.register(Box::new(self.subscriptions.clone())));
         must(r.register(Box::new(self.pubsub_reconnects.clone())));
         must(r.register(Box::new(self.pubsub_stalls.clone())));
+        must(r.register(Box::new(self.control_replayed.clone())));
         must(r.register(Box::new(self.publish_failures.clone())));
         must(r.register(Box::new(self.gap_repairs.clone())));
         must(r.register(Box::new(self.slow_consumer_disconnects.clone())));

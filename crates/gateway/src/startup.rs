@@ -415,6 +415,8 @@ async fn redis_backends(
             probe_interval: ms(settings.redis.probe_interval_ms),
             probe_timeout: ms(settings.redis.probe_timeout_ms),
             publish_queue: 65_536,
+            control_log: keys.control_log(),
+            control_log_max: settings.redis.control_log_max,
         },
         pool.clone(),
         Arc::downgrade(inbound),

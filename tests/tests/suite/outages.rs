@@ -646,3 +646,47 @@ async fn a_join_announced_while_its_node_cannot_reach_redis_arrives_once_it_can(
     );
     c.stop().await;
 }
+
+/// A join announced while another node's pub/sub connection is down (here: node 1's Redis
+/// connections cut) is not delivered there by pub/sub, which keeps nothing. Node 1 reads it
+/// back from the control log once its subscription is up again, and the new member's open
+/// session there gets `thread_created` and what follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_announced_while_a_node_resubscribes_is_read_back_from_the_control_log() {
+    let (_redis, proxy, c) = node1_behind_a_proxy(|s| s.redis.reconnect_max_ms = 300).await;
+    let (_alice, at) = c.user("alice").await;
+    let (bob, _bt) = c.user("bob").await;
+    let (carol, ct) = c.user("carol").await;
+    let thread = c
+        .http(0)
+        .create_thread(&at, &[&bob], Some("added while node 1 was away"))
+        .await;
+    let mut a = c.ws(0, &at).await;
+    let mut cw = c.ws(1, &ct).await;
+
+    proxy.cut();
+    wait_ready(&c, 1, 503, Duration::from_secs(10)).await;
+    let (s, body) = c
+        .http(0)
+        .post(
+            &format!("/api/v1/threads/{thread}/members"),
+            Some(&at),
+            serde_json::json!({"user_ids": [carol.id.to_string()]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    proxy.restore();
+    let f = cw
+        .recv_until_within(|f| f["type"] == "thread_created", Duration::from_secs(15))
+        .await;
+    assert_eq!(f["thread"]["id"], thread.to_string(), "{f}");
+    assert!(c.node(1).state.metrics.control_replayed.get() >= 1);
+    wait_ready(&c, 1, 200, Duration::from_secs(15)).await;
+    a.send_msg(thread, "a1", "welcome").await;
+    let f = cw.recv_until(|f| f["type"] == "message").await;
+    assert_eq!(
+        (f["body"].as_str(), f["seq"].as_i64()),
+        (Some("welcome"), Some(1))
+    );
+    c.stop().await;
+}

@@ -7,6 +7,7 @@
 //! synchronously (the hub issues them under its lock), so a subscribe can never overtake the
 //! unsubscribe that preceded it.
 
+mod control_log;
 mod memory;
 mod redis;
 
@@ -48,6 +49,16 @@ pub trait Broker: Send + Sync + 'static {
         channel: String,
         payload: Bytes,
     ) -> BoxFuture<Result<(), BrokerError>>;
+    /// [`Broker::publish_confirmed`] for membership and session announcements on the control
+    /// channel: also kept where a node that was re-subscribing reads it back (the Redis broker's
+    /// control log), so no node misses it because pub/sub was reconnecting.
+    fn publish_logged(
+        &self,
+        channel: String,
+        payload: Bytes,
+    ) -> BoxFuture<Result<(), BrokerError>> {
+        self.publish_confirmed(channel, payload)
+    }
     /// Subscribe to channels; the receiver resolves once the broker confirmed them (or failed;
     /// the channels stay wanted and are subscribed on reconnect either way).
     fn subscribe(&self, channels: Vec<String>) -> oneshot::Receiver<Result<(), BrokerError>>;

@@ -3,6 +3,7 @@
 //! liveness probe that catches a connection which is open but no longer delivering, and a
 //! publisher task that pipelines queued publishes over a shared connection.
 
+use super::control_log;
 use super::{BoxFuture, Broker, BrokerError, Inbound};
 use crate::metrics::Metrics;
 use crate::redis_shared::SharedRedis;
@@ -35,6 +36,10 @@ pub struct RedisBrokerOptions {
     pub probe_timeout: Duration,
     /// Publishes queued before new ones are dropped (and left to gap repair).
     pub publish_queue: usize,
+    /// The stream that logs control-channel announcements (see `control_log`).
+    pub control_log: String,
+    /// About how many announcements the log keeps.
+    pub control_log_max: usize,
 }
 
 /// Longest wait for a SUBSCRIBE/UNSUBSCRIBE reply before the connection counts as stalled.
@@ -57,6 +62,8 @@ pub struct RedisBroker {
     metrics: Metrics,
     /// Publishes share one connection (see `redis_shared`): no pool check per publish.
     redis: SharedRedis,
+    /// The control log's key and its length.
+    log: (String, usize),
 }
 
 impl RedisBroker {
@@ -89,6 +96,7 @@ impl RedisBroker {
             metrics: metrics.clone(),
             pool: pool.clone(),
             cancel: cancel.clone(),
+            control_last: None,
         };
         let (ready_tx, ready_rx) = oneshot::channel();
         tokio::spawn(reader.run(Some(first), ready_tx));
@@ -101,6 +109,7 @@ impl RedisBroker {
         ));
         let _ = tokio::time::timeout(Duration::from_secs(5), ready_rx).await;
         Ok(Arc::new(Self {
+            log: (opts.control_log.clone(), opts.control_log_max),
             commands: cmd_tx,
             publishes: pub_tx,
             healthy,
@@ -130,6 +139,27 @@ impl Broker for RedisBroker {
                 .arg(&channel)
                 .arg(payload.as_ref())
                 .query_async::<i64>(&mut conn)
+                .await
+                .map(|_| ())
+                .map_err(|e| BrokerError(e.to_string()))
+        })
+    }
+
+    fn publish_logged(
+        &self,
+        channel: String,
+        payload: Bytes,
+    ) -> BoxFuture<Result<(), BrokerError>> {
+        let shared = self.redis.clone();
+        let (log, max) = self.log.clone();
+        Box::pin(async move {
+            let mut conn = shared.get().await.map_err(|e| BrokerError(e.to_string()))?;
+            redis::Script::new(control_log::APPEND_AND_PUBLISH)
+                .key(&log)
+                .arg(&channel)
+                .arg(payload.as_ref())
+                .arg(max.max(1))
+                .invoke_async::<String>(&mut conn)
                 .await
                 .map(|_| ())
                 .map_err(|e| BrokerError(e.to_string()))
@@ -207,6 +237,9 @@ struct Reader {
     metrics: Metrics,
     pool: deadpool_redis::Pool,
     cancel: CancellationToken,
+    /// The last control-log entry handled (see `control_log`); `None` until the first
+    /// subscription is up.
+    control_last: Option<(u64, u64)>,
 }
 
 enum Ended {
@@ -274,10 +307,14 @@ impl Reader {
             self.metrics.subscriptions.set(self.wanted.len() as i64);
             self.healthy.store(true, Ordering::Relaxed);
             if let Some(r) = ready.take() {
+                // Announcements from now on arrive live; older ones are not this node's.
+                self.control_last = self.redis_now().await;
                 let _ = r.send(());
             } else {
                 self.metrics.pubsub_reconnects.inc();
                 tracing::info!(channels = all.len(), "pub/sub reconnected and resubscribed");
+                // What was announced while this node was not subscribed, before anything new.
+                self.replay_control_log().await;
             }
             if let Some(inbound) = self.inbound.upgrade() {
                 inbound.on_resubscribed();
@@ -295,6 +332,74 @@ impl Reader {
             attempt = 1;
             if !self.backoff(attempt).await {
                 return;
+            }
+        }
+    }
+
+    /// Whether a control announcement with this log id is new here (and remember it). Those
+    /// published without the log always are.
+    fn first_time(&mut self, id: Option<(u64, u64)>) -> bool {
+        let Some(id) = id else { return true };
+        if self.control_last.is_some_and(|last| id <= last) {
+            return false;
+        }
+        self.control_last = Some(id);
+        true
+    }
+
+    /// Redis's clock as a log id: every entry appended from now on is above it.
+    async fn redis_now(&self) -> Option<(u64, u64)> {
+        let mut conn = self.pool.get().await.ok()?;
+        let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut *conn).await.ok()?;
+        Some((secs * 1000 + micros / 1000, 0))
+    }
+
+    /// Hand the inbound, in order, the control announcements logged after the last one handled.
+    async fn replay_control_log(&mut self) {
+        let Some((ms, seq)) = self.control_last else {
+            return;
+        };
+        let Some(inbound) = self.inbound.upgrade() else {
+            return;
+        };
+        let Ok(mut conn) = self.pool.get().await else {
+            tracing::warn!("control log not read: no Redis connection");
+            return;
+        };
+        let mut after = format!("{ms}-{seq}");
+        loop {
+            // Entries as `[id, [field, value, …]]`; the event is the value of field `p`.
+            let read: redis::RedisResult<Vec<(String, Vec<Vec<u8>>)>> = redis::cmd("XRANGE")
+                .arg(&self.opts.control_log)
+                .arg(format!("({after}"))
+                .arg("+")
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut *conn)
+                .await;
+            let entries = match read {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "control log not read");
+                    return;
+                }
+            };
+            if entries.is_empty() {
+                return;
+            }
+            for (id, fields) in entries {
+                let event = fields
+                    .chunks_exact(2)
+                    .find(|kv| kv[0] == b"p")
+                    .map(|kv| kv[1].as_slice());
+                let published = event.and_then(|e| control_log::as_published(&id, e));
+                after = id;
+                if let Some(p) = published {
+                    if self.first_time(control_log::id_of(&p)) {
+                        self.metrics.control_replayed.inc();
+                        inbound.on_message(&self.opts.control_channel, p);
+                    }
+                }
             }
         }
     }
@@ -344,6 +449,11 @@ impl Reader {
                     let channel = msg.get_channel_name();
                     if channel == probe_channel {
                         last_echo = Instant::now();
+                        continue;
+                    }
+                    if channel == self.opts.control_channel
+                        && !self.first_time(control_log::id_of(msg.get_payload_bytes()))
+                    {
                         continue;
                     }
                     if let Some(inbound) = self.inbound.upgrade() {

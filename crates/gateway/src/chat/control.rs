@@ -8,10 +8,9 @@
 //! in order, retrying until Redis takes it. Later announcements queue behind it, so the nodes
 //! still hear a user's join before their leave.
 //!
-//! Not covered: pub/sub does not keep what it delivers, so an announcement published while
-//! another node is re-subscribing (just after a Redis restart) is lost for that node, and its
-//! sessions of the users concerned miss the change until they reconnect. Closing that needs a
-//! replayable log of control events (a Redis stream read from the last id seen on resubscribe).
+//! Every announcement is also logged (`Broker::publish_logged`): pub/sub keeps nothing, so one
+//! published while another node is re-subscribing (just after a Redis restart, say) is read
+//! back by that node from the log once its subscription is up.
 
 use super::Chat;
 use crate::broker::BrokerError;
@@ -109,7 +108,7 @@ impl Chat {
         for _ in 0..3 {
             match self
                 .broker
-                .publish_confirmed(channel.to_owned(), payload.clone())
+                .publish_logged(channel.to_owned(), payload.clone())
                 .await
             {
                 Ok(()) => return Ok(()),
@@ -154,7 +153,7 @@ impl Chat {
                 }
                 continue;
             };
-            match self.broker.publish_confirmed(channel, payload).await {
+            match self.broker.publish_logged(channel, payload).await {
                 Ok(()) => {
                     self.backlog.lock().pop_front();
                     wait = Duration::from_millis(100);
