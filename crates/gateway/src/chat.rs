@@ -294,10 +294,18 @@ impl Chat {
         // announcement, and every node hears the two in that order.
         // Unannounced, the removal would leave the leaver's sessions receiving the thread: with
         // Redis unreachable the leave is refused (503) and changes nothing.
-        self.announce_or_refuse(&ControlEvent::Leaving {
-            thread,
-            user: caller,
-        })
+        // A `leaving` Redis did not confirm in time may still go out: the refusal then also
+        // queues a resync of the leaver's sessions behind it.
+        self.announce_or_refuse(
+            &ControlEvent::Leaving {
+                thread,
+                user: caller,
+            },
+            Some(&ControlEvent::Resync {
+                user: caller,
+                thread,
+            }),
+        )
         .await?;
         match self.store.remove_member(thread, caller).await {
             Ok(()) => {}

@@ -159,6 +159,9 @@ pub struct RedisSettings {
     /// About how many control announcements (joins, leaves, logouts) the control log keeps for
     /// nodes that were reconnecting when they were published.
     pub control_log_max: usize,
+    /// How long an announcement that must be confirmed (joins, leaves, logouts) waits for
+    /// Redis's answer before it counts as failed.
+    pub command_timeout_ms: u64,
 }
 
 /// Deployment shape.

@@ -84,8 +84,11 @@ impl SharedConn {
     }
 }
 
+/// The text of [`timed_out`]'s error (the broker tells a timeout from a refusal by it).
+pub(crate) const TIMED_OUT: &str = "redis command timed out";
+
 fn timed_out() -> RedisError {
-    RedisError::from((ErrorKind::IoError, "redis command timed out"))
+    RedisError::from((ErrorKind::IoError, TIMED_OUT))
 }
 
 impl ConnectionLike for SharedConn {

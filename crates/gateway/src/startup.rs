@@ -417,6 +417,7 @@ async fn redis_backends(
             publish_queue: 65_536,
             control_log: keys.control_log(),
             control_log_max: settings.redis.control_log_max,
+            command_timeout: ms(settings.redis.command_timeout_ms.max(1)),
         },
         pool.clone(),
         Arc::downgrade(inbound),

@@ -690,3 +690,59 @@ async fn a_join_announced_while_a_node_resubscribes_is_read_back_from_the_contro
     );
     c.stop().await;
 }
+
+/// A leave whose announcement Redis does not confirm in time (here: the requests of node 0,
+/// which makes the leave, are held back) is refused with 503 — and since the held announcement
+/// may still go out, a resync is queued behind it: once Redis takes both, the nodes stop
+/// delivering to bob and then close his sessions (1012), which reconnect into the thread he is
+/// still in. Nothing waits for ever on a Redis that does not answer (`redis.command_timeout_ms`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leave_redis_does_not_confirm_is_refused_and_undone_if_it_goes_out_late() {
+    let redis = PrivateRedis::start().await;
+    let proxy = Proxy::start(redis.port).await;
+    let direct = redis.url();
+    let proxied = proxy.redis_url();
+    let c = Cluster::start_each(Backend::Cluster, 2, |i, s| {
+        s.redis.url = SecretString::from(if i == 0 {
+            proxied.clone()
+        } else {
+            direct.clone()
+        });
+        s.redis.command_timeout_ms = 300;
+    })
+    .await;
+    let (_alice, at) = c.user("alice").await;
+    let (bob, bt) = c.user("bob").await;
+    let thread = c
+        .http(0)
+        .create_thread(&at, &[&bob], Some("unconfirmed leave"))
+        .await;
+    let mut a = c.ws(1, &at).await;
+    let mut b = c.ws(1, &bt).await;
+
+    proxy.hold_requests();
+    let started = tokio::time::Instant::now();
+    let (s, body) = c
+        .http(0)
+        .delete(&format!("/api/v1/threads/{thread}/members/me"), Some(&bt))
+        .await;
+    assert_eq!(s, 503, "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the leave hung"
+    );
+    let history = format!("/api/v1/threads/{thread}/messages");
+    assert_eq!(c.http(1).get(&history, Some(&bt)).await.0, 200, "bob left");
+
+    proxy.release_requests();
+    assert_eq!(b.expect_close(Duration::from_secs(15)).await, Some(1012));
+    let mut b = c.ws(1, &bt).await;
+    a.send_msg(thread, "s1", "still yours").await;
+    let f = b.recv_until(|f| f["type"] == "message").await;
+    assert_eq!(
+        (f["body"].as_str(), f["seq"].as_i64()),
+        (Some("still yours"), Some(1))
+    );
+    let _ = bob;
+    c.stop().await;
+}

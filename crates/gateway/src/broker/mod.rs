@@ -27,6 +27,20 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 #[error("broker unavailable: {0}")]
 pub struct BrokerError(pub String);
 
+const TIMED_OUT: &str = "redis did not answer in time";
+
+impl BrokerError {
+    /// Redis took longer than `redis.command_timeout_ms` to answer: the command may still run.
+    pub fn timed_out() -> Self {
+        Self(TIMED_OUT.into())
+    }
+
+    /// Whether this was [`BrokerError::timed_out`] (the outcome is unknown, not a refusal).
+    pub fn is_timeout(&self) -> bool {
+        self.0 == TIMED_OUT
+    }
+}
+
 /// Receives what the broker hears. Implemented by the hub.
 pub trait Inbound: Send + Sync + 'static {
     /// A payload arrived on `channel`. Must not block: called on the broker's reader task.

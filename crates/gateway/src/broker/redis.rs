@@ -40,6 +40,18 @@ pub struct RedisBrokerOptions {
     pub control_log: String,
     /// About how many announcements the log keeps.
     pub control_log_max: usize,
+    /// How long a confirmed publish waits for Redis's answer.
+    pub command_timeout: Duration,
+}
+
+/// A command's error; a timeout of the shared connection (see `redis_shared`) is reported as
+/// [`BrokerError::timed_out`]: the command may still have run.
+fn broker_error(e: redis::RedisError) -> BrokerError {
+    if e.is_timeout() || e.to_string().contains(crate::redis_shared::TIMED_OUT) {
+        BrokerError::timed_out()
+    } else {
+        BrokerError(e.to_string())
+    }
 }
 
 /// Longest wait for a SUBSCRIBE/UNSUBSCRIBE reply before the connection counts as stalled.
@@ -64,6 +76,9 @@ pub struct RedisBroker {
     redis: SharedRedis,
     /// The control log's key and its length.
     log: (String, usize),
+    /// Bound on a confirmed publish: the shared connection's own (5 s per command) is longer
+    /// than a leave or logout should wait on each of its attempts.
+    command_timeout: Duration,
 }
 
 impl RedisBroker {
@@ -110,6 +125,7 @@ impl RedisBroker {
         let _ = tokio::time::timeout(Duration::from_secs(5), ready_rx).await;
         Ok(Arc::new(Self {
             log: (opts.control_log.clone(), opts.control_log_max),
+            command_timeout: opts.command_timeout,
             commands: cmd_tx,
             publishes: pub_tx,
             healthy,
@@ -133,15 +149,21 @@ impl Broker for RedisBroker {
         payload: Bytes,
     ) -> BoxFuture<Result<(), BrokerError>> {
         let shared = self.redis.clone();
+        let limit = self.command_timeout;
         Box::pin(async move {
-            let mut conn = shared.get().await.map_err(|e| BrokerError(e.to_string()))?;
-            redis::cmd("PUBLISH")
-                .arg(&channel)
-                .arg(payload.as_ref())
-                .query_async::<i64>(&mut conn)
+            let publish = async {
+                let mut conn = shared.get().await.map_err(|e| BrokerError(e.to_string()))?;
+                redis::cmd("PUBLISH")
+                    .arg(&channel)
+                    .arg(payload.as_ref())
+                    .query_async::<i64>(&mut conn)
+                    .await
+                    .map(|_| ())
+                    .map_err(broker_error)
+            };
+            tokio::time::timeout(limit, publish)
                 .await
-                .map(|_| ())
-                .map_err(|e| BrokerError(e.to_string()))
+                .unwrap_or_else(|_| Err(BrokerError::timed_out()))
         })
     }
 
@@ -152,17 +174,23 @@ impl Broker for RedisBroker {
     ) -> BoxFuture<Result<(), BrokerError>> {
         let shared = self.redis.clone();
         let (log, max) = self.log.clone();
+        let limit = self.command_timeout;
         Box::pin(async move {
-            let mut conn = shared.get().await.map_err(|e| BrokerError(e.to_string()))?;
-            redis::Script::new(control_log::APPEND_AND_PUBLISH)
-                .key(&log)
-                .arg(&channel)
-                .arg(payload.as_ref())
-                .arg(max.max(1))
-                .invoke_async::<String>(&mut conn)
+            let publish = async {
+                let mut conn = shared.get().await.map_err(|e| BrokerError(e.to_string()))?;
+                redis::Script::new(control_log::APPEND_AND_PUBLISH)
+                    .key(&log)
+                    .arg(&channel)
+                    .arg(payload.as_ref())
+                    .arg(max.max(1))
+                    .invoke_async::<String>(&mut conn)
+                    .await
+                    .map(|_| ())
+                    .map_err(broker_error)
+            };
+            tokio::time::timeout(limit, publish)
                 .await
-                .map(|_| ())
-                .map_err(|e| BrokerError(e.to_string()))
+                .unwrap_or_else(|_| Err(BrokerError::timed_out()))
         })
     }
 

@@ -70,7 +70,14 @@ impl Chat {
     /// Like [`Chat::publish_control_confirmed`], for a change that must not happen unannounced:
     /// `unavailable` (nothing published, nothing queued) when Redis does not take it now, so the
     /// caller refuses the change instead of making it behind the nodes' backs.
-    pub async fn announce_or_refuse(&self, ev: &ControlEvent) -> Result<()> {
+    ///
+    /// When Redis did not answer in time, the announcement may still take effect later; `undo`
+    /// (if any) is then queued behind it in the backlog, so the nodes hear both in that order.
+    pub async fn announce_or_refuse(
+        &self,
+        ev: &ControlEvent,
+        undo: Option<&ControlEvent>,
+    ) -> Result<()> {
         let Some((channel, payload)) = self.control_payload(ev) else {
             return Err(Error::Internal("control event serialization failed".into()));
         };
@@ -79,13 +86,17 @@ impl Chat {
                 "announcements held during a Redis outage are still being sent; try again".into(),
             ));
         }
-        self.publish_with_retries(&channel, &payload)
-            .await
-            .map_err(|e| {
-                Error::Unavailable(format!(
-                    "cannot announce this change to the other nodes ({e}); try again"
-                ))
-            })
+        let Err(e) = self.publish_with_retries(&channel, &payload).await else {
+            return Ok(());
+        };
+        if e.is_timeout() {
+            if let Some((channel, payload)) = undo.and_then(|u| self.control_payload(u)) {
+                self.hold_back(channel, payload);
+            }
+        }
+        Err(Error::Unavailable(format!(
+            "cannot announce this change to the other nodes ({e}); try again"
+        )))
     }
 
     fn control_payload(&self, ev: &ControlEvent) -> Option<(String, Bytes)> {

@@ -55,7 +55,8 @@ pub async fn login(
 pub async fn logout(state: web::Data<AppState>, me: AuthUser) -> Result<HttpResponse> {
     let token_tag = u64::from_str_radix(me.token_hash.get(..16).unwrap_or("0"), 16).unwrap_or(0);
     let kick = ControlEvent::Kick { token_tag };
-    state.chat.announce_or_refuse(&kick).await?;
+    // A kick that goes out late closes the sessions of a token still valid: they reconnect.
+    state.chat.announce_or_refuse(&kick, None).await?;
     state.store.revoke_token(&me.token_hash).await?;
     state.chat.publish_control_confirmed(&kick).await;
     Ok(HttpResponse::NoContent().finish())
