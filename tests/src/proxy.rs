@@ -97,12 +97,12 @@ impl Proxy {
     /// Drop every connection through the proxy and close new ones at once.
     pub fn cut(&self) {
         self.cut.store(true, Ordering::SeqCst);
-        for c in self
-            .conns
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain(..)
-        {
+        self.drop_connections();
+    }
+
+    fn drop_connections(&self) {
+        let conns = std::mem::take(&mut *self.conns.lock().unwrap_or_else(|p| p.into_inner()));
+        for c in conns {
             c.abort();
         }
     }
@@ -121,14 +121,7 @@ impl Proxy {
 impl Drop for Proxy {
     fn drop(&mut self) {
         self.task.abort();
-        for c in self
-            .conns
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain(..)
-        {
-            c.abort();
-        }
+        self.drop_connections();
     }
 }
 

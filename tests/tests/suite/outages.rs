@@ -25,8 +25,16 @@ async fn wait_ready(c: &Cluster, i: usize, want: u16, within: Duration) {
 }
 
 /// Two nodes on a private Redis; node 1 reaches it through a proxy the test can freeze (replies
-/// stop) or hold (requests wait).
+/// stop), hold (requests wait) or cut.
 async fn node1_behind_a_proxy(
+    tweak: impl Fn(&mut confab_gateway::Settings),
+) -> (PrivateRedis, Proxy, Cluster) {
+    node_behind_a_proxy(1, tweak).await
+}
+
+/// Two nodes on a private Redis; node `proxied_node` reaches it through a proxy.
+async fn node_behind_a_proxy(
+    proxied_node: usize,
     tweak: impl Fn(&mut confab_gateway::Settings),
 ) -> (PrivateRedis, Proxy, Cluster) {
     let redis = PrivateRedis::start().await;
@@ -34,7 +42,7 @@ async fn node1_behind_a_proxy(
     let direct = redis.url();
     let proxied = proxy.redis_url();
     let c = Cluster::start_each(Backend::Cluster, 2, |i, s| {
-        s.redis.url = SecretString::from(if i == 1 {
+        s.redis.url = SecretString::from(if i == proxied_node {
             proxied.clone()
         } else {
             direct.clone()
@@ -593,19 +601,7 @@ async fn leaves_and_logouts_wait_for_redis_rather_than_go_unannounced() {
 /// reveals it). Once it arrives the session gets `thread_created` and what follows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_join_announced_while_its_node_cannot_reach_redis_arrives_once_it_can() {
-    let redis = PrivateRedis::start().await;
-    let proxy = Proxy::start(redis.port).await;
-    let direct = redis.url();
-    let proxied = proxy.redis_url();
-    let c = Cluster::start_each(Backend::Cluster, 2, |i, s| {
-        s.redis.url = SecretString::from(if i == 0 {
-            proxied.clone()
-        } else {
-            direct.clone()
-        });
-        s.redis.reconnect_max_ms = 300;
-    })
-    .await;
+    let (_redis, proxy, c) = node_behind_a_proxy(0, |s| s.redis.reconnect_max_ms = 300).await;
     let (_alice, at) = c.user("alice").await;
     let (bob, _bt) = c.user("bob").await;
     let (carol, ct) = c.user("carol").await;
@@ -698,19 +694,7 @@ async fn a_join_announced_while_a_node_resubscribes_is_read_back_from_the_contro
 /// still in. Nothing waits for ever on a Redis that does not answer (`redis.command_timeout_ms`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leave_redis_does_not_confirm_is_refused_and_undone_if_it_goes_out_late() {
-    let redis = PrivateRedis::start().await;
-    let proxy = Proxy::start(redis.port).await;
-    let direct = redis.url();
-    let proxied = proxy.redis_url();
-    let c = Cluster::start_each(Backend::Cluster, 2, |i, s| {
-        s.redis.url = SecretString::from(if i == 0 {
-            proxied.clone()
-        } else {
-            direct.clone()
-        });
-        s.redis.command_timeout_ms = 300;
-    })
-    .await;
+    let (_redis, proxy, c) = node_behind_a_proxy(0, |s| s.redis.command_timeout_ms = 300).await;
     let (_alice, at) = c.user("alice").await;
     let (bob, bt) = c.user("bob").await;
     let thread = c

@@ -54,6 +54,18 @@ fn broker_error(e: redis::RedisError) -> BrokerError {
     }
 }
 
+/// `publish`, failing with [`BrokerError::timed_out`] past `limit`.
+fn bounded(
+    limit: Duration,
+    publish: impl std::future::Future<Output = Result<(), BrokerError>> + Send + 'static,
+) -> BoxFuture<Result<(), BrokerError>> {
+    Box::pin(async move {
+        tokio::time::timeout(limit, publish)
+            .await
+            .unwrap_or_else(|_| Err(BrokerError::timed_out()))
+    })
+}
+
 /// Longest wait for a SUBSCRIBE/UNSUBSCRIBE reply before the connection counts as stalled.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -149,21 +161,15 @@ impl Broker for RedisBroker {
         payload: Bytes,
     ) -> BoxFuture<Result<(), BrokerError>> {
         let shared = self.redis.clone();
-        let limit = self.command_timeout;
-        Box::pin(async move {
-            let publish = async {
-                let mut conn = shared.get().await.map_err(|e| BrokerError(e.to_string()))?;
-                redis::cmd("PUBLISH")
-                    .arg(&channel)
-                    .arg(payload.as_ref())
-                    .query_async::<i64>(&mut conn)
-                    .await
-                    .map(|_| ())
-                    .map_err(broker_error)
-            };
-            tokio::time::timeout(limit, publish)
+        bounded(self.command_timeout, async move {
+            let mut conn = shared.get().await.map_err(|e| BrokerError(e.to_string()))?;
+            redis::cmd("PUBLISH")
+                .arg(&channel)
+                .arg(payload.as_ref())
+                .query_async::<i64>(&mut conn)
                 .await
-                .unwrap_or_else(|_| Err(BrokerError::timed_out()))
+                .map(|_| ())
+                .map_err(broker_error)
         })
     }
 
@@ -174,23 +180,17 @@ impl Broker for RedisBroker {
     ) -> BoxFuture<Result<(), BrokerError>> {
         let shared = self.redis.clone();
         let (log, max) = self.log.clone();
-        let limit = self.command_timeout;
-        Box::pin(async move {
-            let publish = async {
-                let mut conn = shared.get().await.map_err(|e| BrokerError(e.to_string()))?;
-                redis::Script::new(control_log::APPEND_AND_PUBLISH)
-                    .key(&log)
-                    .arg(&channel)
-                    .arg(payload.as_ref())
-                    .arg(max.max(1))
-                    .invoke_async::<String>(&mut conn)
-                    .await
-                    .map(|_| ())
-                    .map_err(broker_error)
-            };
-            tokio::time::timeout(limit, publish)
+        bounded(self.command_timeout, async move {
+            let mut conn = shared.get().await.map_err(|e| BrokerError(e.to_string()))?;
+            redis::Script::new(control_log::APPEND_AND_PUBLISH)
+                .key(&log)
+                .arg(&channel)
+                .arg(payload.as_ref())
+                .arg(max.max(1))
+                .invoke_async::<String>(&mut conn)
                 .await
-                .unwrap_or_else(|_| Err(BrokerError::timed_out()))
+                .map(|_| ())
+                .map_err(broker_error)
         })
     }
 
