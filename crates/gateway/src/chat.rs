@@ -292,10 +292,11 @@ impl Chat {
         // leaver's sessions there — a message of a thread they had left. Announced first (and
         // confirmed by Redis), everything stored after the removal is published after the
         // announcement, and every node hears the two in that order.
-        // Unannounced, the removal would leave the leaver's sessions receiving the thread: with
-        // Redis unreachable the leave is refused (503) and changes nothing.
-        // A `leaving` Redis did not confirm in time may still go out: the refusal then also
-        // queues a resync of the leaver's sessions behind it.
+        //
+        // Unannounced, the removal would leave the leaver's sessions receiving the thread, so
+        // with Redis unreachable the leave is refused (503) and changes nothing. A `leaving`
+        // Redis did not confirm in time may still go out: the refusal then also queues a
+        // resync of the leaver's sessions behind it.
         self.announce_or_refuse(
             &ControlEvent::Leaving {
                 thread,
