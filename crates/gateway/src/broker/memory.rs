@@ -31,7 +31,7 @@ impl Broker for MemoryBroker {
         }
     }
 
-    fn publish_confirmed(
+    fn publish_logged(
         &self,
         channel: String,
         payload: Bytes,

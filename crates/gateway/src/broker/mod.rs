@@ -57,22 +57,11 @@ pub trait Broker: Send + Sync + 'static {
     fn publish(&self, channel: String, payload: Bytes);
     /// Publish now and resolve once the broker accepted it. For control events whose loss
     /// would leave sessions in the wrong threads (joins, leaves, logouts): the caller answers
-    /// only after this, so a later message cannot overtake it.
-    fn publish_confirmed(
-        &self,
-        channel: String,
-        payload: Bytes,
-    ) -> BoxFuture<Result<(), BrokerError>>;
-    /// [`Broker::publish_confirmed`] for membership and session announcements on the control
-    /// channel: also kept where a node that was re-subscribing reads it back (the Redis broker's
-    /// control log), so no node misses it because pub/sub was reconnecting.
-    fn publish_logged(
-        &self,
-        channel: String,
-        payload: Bytes,
-    ) -> BoxFuture<Result<(), BrokerError>> {
-        self.publish_confirmed(channel, payload)
-    }
+    /// only after this, so a later message cannot overtake it. Also kept where a node that was
+    /// re-subscribing reads it back (the Redis broker's control log), so no node misses it
+    /// because its pub/sub was reconnecting.
+    fn publish_logged(&self, channel: String, payload: Bytes)
+        -> BoxFuture<Result<(), BrokerError>>;
     /// Subscribe to channels; the receiver resolves once the broker confirmed them (or failed;
     /// the channels stay wanted and are subscribed on reconnect either way).
     fn subscribe(&self, channels: Vec<String>) -> oneshot::Receiver<Result<(), BrokerError>>;

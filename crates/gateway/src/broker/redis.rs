@@ -155,24 +155,6 @@ impl Broker for RedisBroker {
         }
     }
 
-    fn publish_confirmed(
-        &self,
-        channel: String,
-        payload: Bytes,
-    ) -> BoxFuture<Result<(), BrokerError>> {
-        let shared = self.redis.clone();
-        bounded(self.command_timeout, async move {
-            let mut conn = shared.get().await.map_err(|e| BrokerError(e.to_string()))?;
-            redis::cmd("PUBLISH")
-                .arg(&channel)
-                .arg(payload.as_ref())
-                .query_async::<i64>(&mut conn)
-                .await
-                .map(|_| ())
-                .map_err(broker_error)
-        })
-    }
-
     fn publish_logged(
         &self,
         channel: String,
@@ -421,12 +403,11 @@ impl Reader {
                     .find(|kv| kv[0] == b"p")
                     .map(|kv| kv[1].as_slice());
                 let published = event.and_then(|e| control_log::as_published(&id, e));
+                let fresh = self.first_time(control_log::parse_id(&id));
                 after = id;
-                if let Some(p) = published {
-                    if self.first_time(control_log::id_of(&p)) {
-                        self.metrics.control_replayed.inc();
-                        inbound.on_message(&self.opts.control_channel, p);
-                    }
+                if let (Some(p), true) = (published, fresh) {
+                    self.metrics.control_replayed.inc();
+                    inbound.on_message(&self.opts.control_channel, p);
                 }
             }
         }
