@@ -157,7 +157,8 @@ pub struct RedisSettings {
     /// A probe not seen back within this is a stalled subscription: reconnect.
     pub probe_timeout_ms: u64,
     /// About how many control announcements (joins, leaves, logouts) the control log keeps for
-    /// nodes that were reconnecting when they were published.
+    /// nodes that were reconnecting when they were published; also the most a node holds while
+    /// it cannot reach Redis.
     pub control_log_max: usize,
     /// How long an announcement that must be confirmed (joins, leaves, logouts) waits for
     /// Redis's answer before it counts as failed.

@@ -203,7 +203,8 @@ impl Application {
             keys.clone(),
             metrics.clone(),
             Arc::new(settings.limits.clone()),
-        );
+        )
+        .with_control_backlog(settings.redis.control_log_max);
         let state = Arc::new(AppState {
             settings: settings.clone(),
             node_id: node_id.clone(),

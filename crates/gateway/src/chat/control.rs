@@ -22,21 +22,38 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-/// Announcements held while Redis is unreachable; past this the oldest are dropped (and
-/// logged): the bound of a node's memory for an outage of any length.
-const BACKLOG_MAX: usize = 10_000;
+/// Announcements held while Redis is unreachable unless set (`redis.control_log_max`, whose
+/// default this is): past it the oldest are dropped (and logged), the bound of a node's memory
+/// for an outage of any length.
+const DEFAULT_BACKLOG_MAX: usize = 10_000;
 /// The backlog's retry interval grows to this.
 const RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// Announcements waiting for Redis, oldest first.
-#[derive(Default)]
 pub(crate) struct Backlog {
     queue: Mutex<VecDeque<(String, Bytes)>>,
     /// A task is publishing the backlog.
     draining: AtomicBool,
+    /// Most announcements held.
+    max: usize,
+}
+
+impl Default for Backlog {
+    fn default() -> Self {
+        Self::new(DEFAULT_BACKLOG_MAX)
+    }
 }
 
 impl Backlog {
+    /// A backlog holding at most `max` announcements.
+    pub(crate) fn new(max: usize) -> Self {
+        Self {
+            queue: Mutex::default(),
+            draining: AtomicBool::new(false),
+            max: max.max(1),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(String, Bytes)>> {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -47,6 +64,13 @@ impl Backlog {
 }
 
 impl Chat {
+    /// Hold at most `max` announcements while Redis is unreachable (`redis.control_log_max`:
+    /// the same bound as the log that keeps them for reconnecting nodes).
+    pub fn with_control_backlog(mut self, max: usize) -> Self {
+        self.backlog = std::sync::Arc::new(Backlog::new(max));
+        self
+    }
+
     /// Publish a membership or session event every node must hear, and return only once Redis
     /// accepted it: a message sent after the caller's reply then reaches every node after it
     /// (Redis delivers in the order it processes publishes). A few retries ride out a blip; if
@@ -138,7 +162,7 @@ impl Chat {
     fn hold_back(&self, channel: String, payload: Bytes) {
         {
             let mut q = self.backlog.lock();
-            if q.len() >= BACKLOG_MAX {
+            if q.len() >= self.backlog.max {
                 q.pop_front();
                 tracing::error!("control backlog full: the oldest announcement was dropped");
             }
