@@ -14,7 +14,8 @@
 #   A_ENV / B_ENV              extra settings of that side's nodes, e.g. "CONFAB__DATABASE__SEND_WRITERS=4"
 #   A_CONFIG_DIR / B_CONFIG_DIR  that side's config/ (an older build may need its own defaults)
 #   A_DB_QUERY / B_DB_QUERY    appended to that side's database URL as its query, e.g. "sslmode=require"
-#   BENCH=target/release/confab-bench
+#   BENCH=target/release/confab-bench   the load generator of both sides ...
+#   A_BENCH / B_BENCH          ... or of one side (to compare two load generators on one build)
 #   AB_DIR=.confab/bench-ab
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -59,9 +60,9 @@ trap teardown EXIT
 
 # run_side A|B ROUND: one run of the scenario against fresh nodes of that side.
 run_side() {
-  local side=$1 round=$2 bin env_extra config_dir db_query
-  if [ "$side" = A ]; then bin=$BIN_A; env_extra=${A_ENV:-}; config_dir=${A_CONFIG_DIR:-}; db_query=${A_DB_QUERY:-}
-  else bin=$BIN_B; env_extra=${B_ENV:-}; config_dir=${B_CONFIG_DIR:-}; db_query=${B_DB_QUERY:-}; fi
+  local side=$1 round=$2 bin env_extra config_dir db_query bench
+  if [ "$side" = A ]; then bin=$BIN_A; env_extra=${A_ENV:-}; config_dir=${A_CONFIG_DIR:-}; db_query=${A_DB_QUERY:-}; bench=${A_BENCH:-$BENCH}
+  else bin=$BIN_B; env_extra=${B_ENV:-}; config_dir=${B_CONFIG_DIR:-}; db_query=${B_DB_QUERY:-}; bench=${B_BENCH:-$BENCH}; fi
   local stamp
   stamp=$(date +%Y%m%d%H%M%S)$RANDOM
   DB_NAME="confab_ab_$stamp"
@@ -96,7 +97,7 @@ run_side() {
     history) target=(--node "$n0" --db-url "$DB_URL") ;;
     *) die "unknown scenario $SCENARIO" ;;
   esac
-  "$BENCH" "$SCENARIO" "${target[@]}" "${ARGS[@]}" --label "$side-$round" \
+  "$bench" "$SCENARIO" "${target[@]}" "${ARGS[@]}" --label "$side-$round" \
     >>"$dir/results.jsonl" 2>"$dir/run.log" || { cat "$dir/run.log" >&2; die "run $side-$round failed"; }
   echo "$side-$round $SCENARIO: $(tail -n1 "$dir/run.log")"
   teardown
@@ -104,8 +105,8 @@ run_side() {
 
 SCENARIO=$1; shift
 ARGS=("$@")
-log "A = $BIN_A ${A_ENV:-}"
-log "B = $BIN_B ${B_ENV:-}"
+log "A = $BIN_A ${A_ENV:-} (load generator ${A_BENCH:-$BENCH})"
+log "B = $BIN_B ${B_ENV:-} (load generator ${B_BENCH:-$BENCH})"
 for r in $(seq "$rounds"); do
   if [ $((r % 2)) = 1 ]; then run_side A "$r"; run_side B "$r"
   else run_side B "$r"; run_side A "$r"; fi

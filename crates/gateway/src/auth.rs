@@ -8,6 +8,7 @@ use actix_web::{dev::Payload, web, FromRequest, HttpRequest};
 use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, SaltString};
 use argon2::{Algorithm, Argon2, Params, PasswordVerifier, Version};
 use base64::Engine;
+use chrono::{DateTime, Utc};
 use confab_protocol::UserRef;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -85,6 +86,9 @@ pub struct AuthUser {
     pub user: UserRef,
     /// The SHA-256 of their token (to revoke it, and to close its sessions).
     pub token_hash: String,
+    /// When the token stops being valid: a WebSocket session opened with it is closed (1008)
+    /// at its first heartbeat after this.
+    pub expires_at: DateTime<Utc>,
 }
 
 /// Resolve a token to its user, or `Unauthorized`.
@@ -95,9 +99,10 @@ pub async fn authenticate(state: &AppState, token: Option<String>) -> Result<Aut
     }
     let hash = token_hash(&token);
     match state.lookups.token_user(&hash).await? {
-        Some((user, _exp)) => Ok(AuthUser {
+        Some((user, expires_at)) => Ok(AuthUser {
             user,
             token_hash: hash,
+            expires_at,
         }),
         None => Err(Error::Unauthorized(
             "invalid, expired or revoked token".into(),

@@ -748,6 +748,30 @@ both_backends!(
 );
 
 both_backends!(
+    a_session_is_closed_when_its_token_expires,
+    |b: Backend| async move {
+        let c = Cluster::start_with(b, 1, |s| {
+            s.auth.token_ttl_secs = 3;
+            s.session.heartbeat_interval_ms = 200;
+        })
+        .await;
+        let (_u, t) = c.user("lapsing").await;
+        let (other, _) = c.user("other").await;
+        let thread = c.http(0).create_thread(&t, &[&other], Some("lapse")).await;
+        let mut ws = c.ws(0, &t).await;
+        // Valid for now: a send is stored and answered.
+        let ack = ws.send_msg(thread, "before", "still valid").await;
+        assert_eq!(ack["type"], "ack", "{ack}");
+        // The token lapses 3 s after it was issued; the session is closed at the next
+        // heartbeat (200 ms) with 1008 — a long-lived socket is no way around the expiry.
+        assert_eq!(ws.expect_close(Duration::from_secs(10)).await, Some(1008));
+        let (s, _) = c.http(0).get("/api/v1/threads", Some(&t)).await;
+        assert_eq!(s, 401);
+        c.stop().await;
+    }
+);
+
+both_backends!(
     the_hello_leaves_in_the_same_write_as_the_upgrade_answer,
     |b: Backend| async move {
         use tokio::io::AsyncReadExt;

@@ -355,6 +355,13 @@ impl Session {
                     if last_heard.elapsed() > timeout && self.pipeline.len() < max_inflight {
                         return End::Close(CloseReason::HeartbeatTimeout);
                     }
+                    // The token was checked once, at the upgrade; a session must not outlive
+                    // it. Checked here rather than with a timer of its own, which would grow
+                    // every idle session's task for an event weeks away: the session closes
+                    // within one heartbeat interval of the expiry.
+                    if chrono::Utc::now() >= self.auth.expires_at {
+                        return End::Close(CloseReason::PolicyViolation);
+                    }
                     if self.ws.ping(b"").await.is_err() {
                         return End::PeerGone;
                     }
