@@ -730,3 +730,39 @@ async fn a_leave_redis_does_not_confirm_is_refused_and_undone_if_it_goes_out_lat
     let _ = bob;
     c.stop().await;
 }
+
+/// A join announcement Redis does not confirm in time is retried; the attempts that timed out
+/// may run after all (here: every one of them, once Redis answers again). Each carries the
+/// announcement's event id, so the other nodes act on it once: one `thread_created`.
+#[tokio::test]
+async fn an_announcement_retried_after_a_timeout_takes_effect_once() {
+    let (_redis, proxy, c) = node_behind_a_proxy(0, |s| s.redis.command_timeout_ms = 300).await;
+    let (_alice, at) = c.user("alice").await;
+    let (bob, bt) = c.user("bob").await;
+    let mut b = c.ws(1, &bt).await;
+    // A first announcement loads the announcing script into Redis; until then an attempt is
+    // refused (NOSCRIPT) and sends it, which a timed-out attempt never gets to do.
+    let first = c.http(0).create_thread(&at, &[&bob], Some("first")).await;
+    let f = b.recv_until(|f| f["type"] == "thread_created").await;
+    assert_eq!(f["thread"]["id"], serde_json::json!(first), "{f}");
+
+    proxy.hold_requests();
+    let http = c.http(0);
+    let create = tokio::spawn(async move {
+        http.create_thread(&at, &[&bob], Some("announced late"))
+            .await
+    });
+    // The join's directory write waits out the shared connection's 5 s bound first; then three
+    // attempts of the announcement time out (300 ms each, with waits), then the backlog's
+    // first retries. Without the event id node 1 acted on four of them (four thread_created).
+    tokio::time::sleep(Duration::from_millis(7000)).await;
+    proxy.release_requests();
+    let thread = create.await.unwrap_or_else(|e| panic!("{e}"));
+    let f = b
+        .recv_until_within(|f| f["type"] == "thread_created", Duration::from_secs(15))
+        .await;
+    assert_eq!(f["thread"]["id"], serde_json::json!(thread), "{f}");
+    b.expect_none(|f| f["type"] == "thread_created", Duration::from_secs(2))
+        .await;
+    c.stop().await;
+}

@@ -124,6 +124,7 @@ impl RedisBroker {
             pool: pool.clone(),
             cancel: cancel.clone(),
             control_last: None,
+            control_seen: control_log::RecentIds::new(opts.control_log_max),
         };
         let (ready_tx, ready_rx) = oneshot::channel();
         tokio::spawn(reader.run(Some(first), ready_tx));
@@ -250,6 +251,8 @@ struct Reader {
     /// The last control-log entry handled (see `control_log`); `None` until the first
     /// subscription is up.
     control_last: Option<(u64, u64)>,
+    /// The event ids of the control announcements handled lately (see `control_log`).
+    control_seen: control_log::RecentIds,
 }
 
 enum Ended {
@@ -403,7 +406,9 @@ impl Reader {
                     .find(|kv| kv[0] == b"p")
                     .map(|kv| kv[1].as_slice());
                 let published = event.and_then(|e| control_log::as_published(&id, e));
-                let fresh = self.first_time(control_log::parse_id(&id));
+                let fresh = self.first_time(control_log::parse_id(&id))
+                    && event
+                        .is_some_and(|e| self.control_seen.first_time(control_log::event_id_of(e)));
                 after = id;
                 if let (Some(p), true) = (published, fresh) {
                     self.metrics.control_replayed.inc();
@@ -460,10 +465,13 @@ impl Reader {
                         last_echo = Instant::now();
                         continue;
                     }
-                    if channel == self.opts.control_channel
-                        && !self.first_time(control_log::id_of(msg.get_payload_bytes()))
-                    {
-                        continue;
+                    if channel == self.opts.control_channel {
+                        let payload = msg.get_payload_bytes();
+                        if !self.first_time(control_log::id_of(payload))
+                            || !self.control_seen.first_time(control_log::event_id_of(payload))
+                        {
+                            continue;
+                        }
                     }
                     if let Some(inbound) = self.inbound.upgrade() {
                         let payload = Bytes::copy_from_slice(msg.get_payload_bytes());

@@ -123,9 +123,21 @@ impl Chat {
         )))
     }
 
+    /// The announcement as published: the event's JSON with an event id of its own spliced in
+    /// first (`{"eid":"…",…}`). Its retries carry the same id, so a node that hears it twice —
+    /// an attempt that timed out but ran, then the retry — handles it once (see
+    /// `broker::control_log`). Nodes that know nothing of the id ignore the field.
     fn control_payload(&self, ev: &ControlEvent) -> Option<(String, Bytes)> {
         match serde_json::to_vec(ev) {
-            Ok(v) => Some((self.keys.control_channel(), Bytes::from(v))),
+            Ok(v) => {
+                let eid = uuid::Uuid::new_v4().simple().to_string();
+                let mut out = Vec::with_capacity(v.len() + 42);
+                out.extend_from_slice(b"{\"eid\":\"");
+                out.extend_from_slice(eid.as_bytes());
+                out.extend_from_slice(b"\",");
+                out.extend_from_slice(v.get(1..).unwrap_or_default());
+                Some((self.keys.control_channel(), Bytes::from(out)))
+            }
             Err(e) => {
                 tracing::error!(error = %e, "control event serialization failed");
                 None
