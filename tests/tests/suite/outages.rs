@@ -766,3 +766,48 @@ async fn an_announcement_retried_after_a_timeout_takes_effect_once() {
         .await;
     c.stop().await;
 }
+
+/// A `leaving` that Redis ran but whose reply never came back (the connection dropped first)
+/// has an unknown outcome, like a timed-out one: the leave is refused, and the leaver's
+/// sessions — which the other nodes did take out of the thread — are sent back to resume.
+#[tokio::test]
+async fn a_leave_whose_connection_drops_before_the_reply_is_refused_and_undone() {
+    let (_redis, proxy, c) = node_behind_a_proxy(0, |s| s.redis.command_timeout_ms = 5000).await;
+    let (_alice, at) = c.user("alice").await;
+    let (bob, bt) = c.user("bob").await;
+    let thread = c
+        .http(0)
+        .create_thread(&at, &[&bob], Some("dropped reply"))
+        .await;
+    let mut a = c.ws(1, &at).await;
+    let mut b = c.ws(1, &bt).await;
+
+    // Redis runs what node 0 sends, but node 0 hears nothing back ...
+    proxy.freeze();
+    let http = c.http(0);
+    let path = format!("/api/v1/threads/{thread}/members/me");
+    let token = bt.clone();
+    let leave = tokio::spawn(async move { http.delete(&path, Some(&token)).await });
+    // ... until its connections drop (and new ones are refused).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.cut();
+    let (s, body) = leave.await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(s, 503, "{body}");
+    let history = format!("/api/v1/threads/{thread}/messages");
+    assert_eq!(c.http(1).get(&history, Some(&bt)).await.0, 200, "bob left");
+
+    // The `leaving` did reach node 1; the resync queued behind it goes out once node 0
+    // reaches Redis again, and bob's session comes back into the thread he is still in.
+    proxy.thaw();
+    proxy.restore();
+    assert_eq!(b.expect_close(Duration::from_secs(15)).await, Some(1012));
+    let mut b = c.ws(1, &bt).await;
+    a.send_msg(thread, "s1", "still yours").await;
+    let f = b.recv_until(|f| f["type"] == "message").await;
+    assert_eq!(
+        (f["body"].as_str(), f["seq"].as_i64()),
+        (Some("still yours"), Some(1))
+    );
+    let _ = bob;
+    c.stop().await;
+}

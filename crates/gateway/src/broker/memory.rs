@@ -40,6 +40,11 @@ impl Broker for MemoryBroker {
         Box::pin(async { Ok(()) })
     }
 
+    fn was_logged(&self, _event_id: u128) -> BoxFuture<Result<bool, BrokerError>> {
+        // Every publish here is delivered at once: none has an unknown outcome to look up.
+        Box::pin(async { Ok(true) })
+    }
+
     fn subscribe(&self, _channels: Vec<String>) -> oneshot::Receiver<Result<(), BrokerError>> {
         // Every publish reaches the hub, which keeps what its sessions want: nothing to do.
         let (tx, rx) = oneshot::channel();

@@ -27,17 +27,30 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 #[error("broker unavailable: {0}")]
 pub struct BrokerError(pub String);
 
-const TIMED_OUT: &str = "redis did not answer in time";
+const UNANSWERED: &str = "redis did not answer (the command may have run)";
 
 impl BrokerError {
-    /// Redis took longer than `redis.command_timeout_ms` to answer: the command may still run.
-    pub fn timed_out() -> Self {
-        Self(TIMED_OUT.into())
+    /// Redis did not answer a command it may have run: its connection dropped after the
+    /// command was written, before the reply came.
+    pub fn unanswered(detail: impl std::fmt::Display) -> Self {
+        Self(format!("{UNANSWERED}: {detail}"))
     }
 
-    /// Whether this was [`BrokerError::timed_out`] (the outcome is unknown, not a refusal).
+    /// Redis took longer than `redis.command_timeout_ms` to answer: the command may still run.
+    pub fn timed_out() -> Self {
+        Self::unanswered("no reply in time")
+    }
+
+    /// Whether the outcome is unknown ([`BrokerError::timed_out`],
+    /// [`BrokerError::unanswered`]) rather than a refusal: the command may have taken effect.
+    pub fn may_have_run(&self) -> bool {
+        self.0.starts_with(UNANSWERED)
+    }
+
+    /// Whether this was [`BrokerError::timed_out`]: the command may have run, or still be
+    /// waiting on a connection Redis has not read yet (it may run later).
     pub fn is_timeout(&self) -> bool {
-        self.0 == TIMED_OUT
+        self.0 == Self::timed_out().0
     }
 }
 
@@ -62,6 +75,10 @@ pub trait Broker: Send + Sync + 'static {
     /// because its pub/sub was reconnecting.
     fn publish_logged(&self, channel: String, payload: Bytes)
         -> BoxFuture<Result<(), BrokerError>>;
+    /// Whether an announcement with this event id (see `control_log`) is in the log: after an
+    /// attempt whose connection dropped before Redis answered, whether it ran. (Such an attempt
+    /// cannot run later: Redis handles what a connection sent before its close.)
+    fn was_logged(&self, event_id: u128) -> BoxFuture<Result<bool, BrokerError>>;
     /// Subscribe to channels; the receiver resolves once the broker confirmed them (or failed;
     /// the channels stay wanted and are subscribed on reconnect either way).
     fn subscribe(&self, channels: Vec<String>) -> oneshot::Receiver<Result<(), BrokerError>>;

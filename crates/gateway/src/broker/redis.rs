@@ -46,9 +46,14 @@ pub struct RedisBrokerOptions {
 
 /// A command's error; a timeout of the shared connection (see `redis_shared`) is reported as
 /// [`BrokerError::timed_out`]: the command may still have run.
+/// A command's error. The connection was up when the command was written (a failure to get
+/// one is not mapped here), so an I/O error other than a refused connect may have come after
+/// Redis ran it: its outcome is unknown, like a timeout's.
 fn broker_error(e: redis::RedisError) -> BrokerError {
     if e.is_timeout() || e.to_string().contains(crate::redis_shared::TIMED_OUT) {
         BrokerError::timed_out()
+    } else if e.is_connection_dropped() || (e.is_io_error() && !e.is_connection_refusal()) {
+        BrokerError::unanswered(e)
     } else {
         BrokerError(e.to_string())
     }
@@ -65,6 +70,9 @@ fn bounded(
             .unwrap_or_else(|_| Err(BrokerError::timed_out()))
     })
 }
+
+/// Control-log entries read per round trip when looking one up.
+const LOG_PAGE: usize = 500;
 
 /// Longest wait for a SUBSCRIBE/UNSUBSCRIBE reply before the connection counts as stalled.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
@@ -174,6 +182,42 @@ impl Broker for RedisBroker {
                 .await
                 .map(|_| ())
                 .map_err(broker_error)
+        })
+    }
+
+    fn was_logged(&self, event_id: u128) -> BoxFuture<Result<bool, BrokerError>> {
+        let shared = self.redis.clone();
+        let (log, max) = self.log.clone();
+        Box::pin(async move {
+            let mut conn = shared.get().await.map_err(|e| BrokerError(e.to_string()))?;
+            // Newest first, a page at a time: the attempt looked for was made moments ago.
+            let mut before = String::from("+");
+            let mut read = 0;
+            while read < max.max(1) {
+                let page: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XREVRANGE")
+                    .arg(&log)
+                    .arg(&before)
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(LOG_PAGE)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(broker_error)?;
+                let Some((last, _)) = page.last() else {
+                    return Ok(false);
+                };
+                before = format!("({last}");
+                read += page.len();
+                let found = page.iter().any(|(_, fields)| {
+                    fields.chunks_exact(2).any(|kv| {
+                        kv[0] == b"p" && control_log::event_id_of(&kv[1]) == Some(event_id)
+                    })
+                });
+                if found {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
         })
     }
 

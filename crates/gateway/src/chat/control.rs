@@ -29,9 +29,19 @@ const DEFAULT_BACKLOG_MAX: usize = 10_000;
 /// The backlog's retry interval grows to this.
 const RETRY_MAX: Duration = Duration::from_secs(2);
 
+/// An announcement waiting for Redis.
+#[derive(Clone)]
+struct Held {
+    channel: String,
+    payload: Bytes,
+    /// Publish it only if the announcement with this event id is in the log: an undo of an
+    /// attempt whose outcome is unknown (see [`Chat::announce_or_refuse`]).
+    only_if_logged: Option<u128>,
+}
+
 /// Announcements waiting for Redis, oldest first.
 pub(crate) struct Backlog {
-    queue: Mutex<VecDeque<(String, Bytes)>>,
+    queue: Mutex<VecDeque<Held>>,
     /// A task is publishing the backlog.
     draining: AtomicBool,
     /// Most announcements held.
@@ -54,7 +64,7 @@ impl Backlog {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(String, Bytes)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Held>> {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -77,17 +87,26 @@ impl Chat {
     /// Redis stays down, the event waits in the node's backlog (see the module docs) and is
     /// published when Redis is back, after any older one.
     pub async fn publish_control_confirmed(&self, ev: &ControlEvent) {
-        let Some((channel, payload)) = self.control_payload(ev) else {
+        let Some((channel, payload, _)) = self.control_payload(ev) else {
             return;
+        };
+        let held = Held {
+            channel,
+            payload,
+            only_if_logged: None,
         };
         if !self.backlog.is_empty() {
             // Behind what is already waiting, so the nodes hear them in order.
-            self.hold_back(channel, payload);
+            self.hold_back(held);
             return;
         }
-        if self.publish_with_retries(&channel, &payload).await.is_err() {
+        if self
+            .publish_with_retries(&held.channel, &held.payload)
+            .await
+            .is_err()
+        {
             self.metrics.publish_failures.inc();
-            self.hold_back(channel, payload);
+            self.hold_back(held);
         }
     }
 
@@ -95,14 +114,15 @@ impl Chat {
     /// `unavailable` (nothing published, nothing queued) when Redis does not take it now, so the
     /// caller refuses the change instead of making it behind the nodes' backs.
     ///
-    /// When Redis did not answer in time, the announcement may still take effect later; `undo`
-    /// (if any) is then queued behind it in the backlog, so the nodes hear both in that order.
+    /// When Redis did not answer an attempt (no reply in time, or the connection dropped before
+    /// it), the announcement may have taken effect or still may; `undo` (if any) is then queued
+    /// behind it in the backlog, so the nodes hear both in that order.
     pub async fn announce_or_refuse(
         &self,
         ev: &ControlEvent,
         undo: Option<&ControlEvent>,
     ) -> Result<()> {
-        let Some((channel, payload)) = self.control_payload(ev) else {
+        let Some((channel, payload, event_id)) = self.control_payload(ev) else {
             return Err(Error::Internal("control event serialization failed".into()));
         };
         if !self.backlog.is_empty() {
@@ -113,9 +133,18 @@ impl Chat {
         let Err(e) = self.publish_with_retries(&channel, &payload).await else {
             return Ok(());
         };
-        if e.is_timeout() {
-            if let Some((channel, payload)) = undo.and_then(|u| self.control_payload(u)) {
-                self.hold_back(channel, payload);
+        if e.may_have_run() {
+            if let Some((channel, payload, _)) = undo.and_then(|u| self.control_payload(u)) {
+                // An attempt that timed out may still be waiting on a connection Redis has not
+                // read yet, and run later: undone whatever happens, behind it. One whose
+                // connection dropped before the answer either ran or never will: undone only
+                // if it is in the log (looked up once Redis answers), so a change refused
+                // while Redis was simply down sends nobody back to reconnect.
+                self.hold_back(Held {
+                    channel,
+                    payload,
+                    only_if_logged: (!e.is_timeout()).then_some(event_id),
+                });
             }
         }
         Err(Error::Unavailable(format!(
@@ -127,16 +156,16 @@ impl Chat {
     /// first (`{"eid":"…",…}`). Its retries carry the same id, so a node that hears it twice —
     /// an attempt that timed out but ran, then the retry — handles it once (see
     /// `broker::control_log`). Nodes that know nothing of the id ignore the field.
-    fn control_payload(&self, ev: &ControlEvent) -> Option<(String, Bytes)> {
+    fn control_payload(&self, ev: &ControlEvent) -> Option<(String, Bytes, u128)> {
         match serde_json::to_vec(ev) {
             Ok(v) => {
-                let eid = uuid::Uuid::new_v4().simple().to_string();
+                let eid = uuid::Uuid::new_v4();
                 let mut out = Vec::with_capacity(v.len() + 42);
                 out.extend_from_slice(b"{\"eid\":\"");
-                out.extend_from_slice(eid.as_bytes());
+                out.extend_from_slice(eid.simple().to_string().as_bytes());
                 out.extend_from_slice(b"\",");
                 out.extend_from_slice(v.get(1..).unwrap_or_default());
-                Some((self.keys.control_channel(), Bytes::from(out)))
+                Some((self.keys.control_channel(), Bytes::from(out), eid.as_u128()))
             }
             Err(e) => {
                 tracing::error!(error = %e, "control event serialization failed");
@@ -152,6 +181,9 @@ impl Chat {
     ) -> std::result::Result<(), BrokerError> {
         let mut wait = Duration::from_millis(50);
         let mut last = None;
+        // Whether any attempt may have run: a later attempt's plain refusal (no connection)
+        // does not make an earlier unanswered one not have happened.
+        let (mut timed_out, mut unanswered) = (false, false);
         for _ in 0..3 {
             match self
                 .broker
@@ -161,24 +193,35 @@ impl Chat {
                 Ok(()) => return Ok(()),
                 Err(e) => {
                     tracing::warn!(error = %e, "control publish failed; retrying");
+                    timed_out |= e.is_timeout();
+                    unanswered |= e.may_have_run();
                     last = Some(e);
                     tokio::time::sleep(wait).await;
                     wait *= 4;
                 }
             }
         }
-        Err(last.unwrap_or_else(|| BrokerError("no attempt made".into())))
+        let last = last.unwrap_or_else(|| BrokerError("no attempt made".into()));
+        // The least known outcome of all the attempts: one that may still run, then one that
+        // may have run, then a refusal.
+        Err(if timed_out {
+            BrokerError::timed_out()
+        } else if unanswered && !last.may_have_run() {
+            BrokerError::unanswered(last)
+        } else {
+            last
+        })
     }
 
     /// Queue an announcement behind the backlog and make sure a task is publishing it.
-    fn hold_back(&self, channel: String, payload: Bytes) {
+    fn hold_back(&self, held: Held) {
         {
             let mut q = self.backlog.lock();
             if q.len() >= self.backlog.max {
                 q.pop_front();
                 tracing::error!("control backlog full: the oldest announcement was dropped");
             }
-            q.push_back((channel, payload));
+            q.push_back(held);
         }
         tracing::warn!("Redis unreachable: announcement held until it is back");
         if !self.backlog.draining.swap(true, Ordering::AcqRel) {
@@ -192,7 +235,7 @@ impl Chat {
         let mut wait = Duration::from_millis(100);
         loop {
             let next = self.backlog.lock().front().cloned();
-            let Some((channel, payload)) = next else {
+            let Some(held) = next else {
                 self.backlog.draining.store(false, Ordering::Release);
                 // Something queued between the look and the flag: keep going if nobody else is.
                 if self.backlog.is_empty() || self.backlog.draining.swap(true, Ordering::AcqRel) {
@@ -200,7 +243,23 @@ impl Chat {
                 }
                 continue;
             };
-            match self.broker.publish_logged(channel, payload).await {
+            if let Some(event_id) = held.only_if_logged {
+                match self.broker.was_logged(event_id).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        // The attempt never ran: nothing to undo.
+                        self.backlog.lock().pop_front();
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "control log not read yet");
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(RETRY_MAX);
+                        continue;
+                    }
+                }
+            }
+            match self.broker.publish_logged(held.channel, held.payload).await {
                 Ok(()) => {
                     self.backlog.lock().pop_front();
                     wait = Duration::from_millis(100);
