@@ -423,6 +423,12 @@ impl Hub {
         self.lock().users.get(&user).map_or(0, Vec::len)
     }
 
+    /// Whether this node heard that `user` is leaving `thread` and not yet that they left (or
+    /// stayed): their sessions here are kept out of the thread meanwhile.
+    pub fn is_leaving(&self, user: UserId, thread: ThreadId) -> bool {
+        self.lock().is_leaving(user, thread)
+    }
+
     /// Sessions open on this node.
     pub fn session_count(&self) -> usize {
         self.lock().sessions.len()

@@ -455,8 +455,16 @@ async fn a_session_opened_during_a_leave_gets_nothing_stored_after_it() {
                 .await
         })
     };
-    // The `leaving` announcement reaches node 0 within milliseconds.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Once node 0 has heard the `leaving` announcement, bob opens a session there.
+    let hub = &c.node(0).state.hub;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !hub.is_leaving(bob.id, thread) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node 0 never heard the leaving"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let mut b = c.ws(0, &bt).await;
     proxy.hold_requests();
     lock.rollback()
