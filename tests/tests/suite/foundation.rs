@@ -492,6 +492,36 @@ both_backends!(
 );
 
 both_backends!(
+    a_resume_from_a_negative_seq_is_refused_and_the_session_goes_on,
+    |b: Backend| async move {
+        let c = Cluster::start(b, 1).await;
+        let (_alice, at) = c.user("alice").await;
+        let (bob, bt) = c.user("bob").await;
+        let thread = c.http(0).create_thread(&at, &[&bob], None).await;
+        let mut a = c.ws(0, &at).await;
+        a.send_msg(thread, "m1", "m1").await;
+        let mut bob_ws = c.ws(0, &bt).await;
+        bob_ws
+            .send_json(json!({"type":"resume","req":"neg","threads":[
+                {"thread_id":thread,"last_seq":0},
+                {"thread_id":thread,"last_seq":-1}]}))
+            .await;
+        let f = bob_ws
+            .recv_until(|f| f["req"] == "neg" || f["type"] == "message")
+            .await;
+        assert_eq!(
+            (f["type"].as_str(), f["code"].as_str()),
+            (Some("error"), Some("bad_request")),
+            "{f}"
+        );
+        // Nothing replayed, and the session still answers: a resume from 0 replays all.
+        let (replayed, reply) = resume_one(&mut bob_ws, thread, 0).await;
+        assert_eq!(replayed, vec![1], "{reply}");
+        c.stop().await;
+    }
+);
+
+both_backends!(
     a_thread_listed_twice_in_a_resume_is_replayed_once_from_the_lowest_seq,
     |b: Backend| async move {
         let c = Cluster::start(b, 2).await;

@@ -142,6 +142,15 @@ impl Session {
             ))
             .into());
         }
+        // 0 is "from the first message"; below it is a client bug, answered as one rather than
+        // silently read as 0.
+        if let Some(p) = points.iter().find(|p| p.last_seq < 0) {
+            return Err(Error::BadRequest(format!(
+                "last_seq {} of thread {} is negative (0: replay from the first message)",
+                p.last_seq, p.thread_id
+            ))
+            .into());
+        }
         let max_replay = limits.session.max_resume_replay as i64;
         let batch = limits.session.replay_batch.max(1);
         // A thread listed twice is replayed once, from the lowest `last_seq` given: replaying
