@@ -13,6 +13,7 @@ mod m0007_store_batch_lock_by_join;
 mod m0008_thread_bump_in_place;
 mod m0009_store_batch_generic_plan;
 mod m0010_store_batch_nested_loops;
+mod m0011_change_counter;
 
 /// Run `sql` (one or more statements) when the database is Postgres; nothing on SQLite. For
 /// steps that only concern Postgres's own machinery (functions, triggers, planner settings).
@@ -41,6 +42,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0008_thread_bump_in_place::Migration),
             Box::new(m0009_store_batch_generic_plan::Migration),
             Box::new(m0010_store_batch_nested_loops::Migration),
+            Box::new(m0011_change_counter::Migration),
         ]
     }
 }

@@ -221,6 +221,7 @@ async fn storm_client(
         threads: vec![ResumePoint {
             thread_id: plan.thread,
             last_seq: contiguous(&out.seqs),
+            last_change: None,
         }],
     };
     let text = serde_json::to_string(&resume).unwrap_or_default();

@@ -1,6 +1,7 @@
 //! Edits and deletes of stored messages: only the sender may change a message, and a deleted
 //! message stays in place (its `seq` never disappears) with its body hidden.
 
+use crate::changes;
 use crate::entity::{message, reaction, thread_member};
 use crate::messages::{to_message, EditOutcome};
 use crate::{Result, Store};
@@ -51,21 +52,27 @@ impl Store {
             return Ok(EditOutcome::Deleted);
         }
         let now = Utc::now().trunc_subsecs(6);
-        // The `deleted_at IS NULL` guard makes a concurrent delete win cleanly.
+        let txn = self.db.begin().await?;
+        // The thread's row first, then the message's: every change takes the two locks in that
+        // order (see `changes::stamp`), so two changes of one message cannot deadlock.
+        let change = changes::stamp(&txn, m.thread_id, id.0).await?;
+        // The `deleted_at IS NULL` guard makes a concurrent delete win cleanly (the stamp
+        // rolls back with the rest).
         let res = message::Entity::update_many()
             .col_expr(message::Column::Body, Expr::value(body.to_owned()))
             .col_expr(message::Column::EditedAt, Expr::value(Some(now)))
             .filter(message::Column::Id.eq(id.0))
             .filter(message::Column::DeletedAt.is_null())
-            .exec(&self.db)
+            .exec(&txn)
             .await?;
         if res.rows_affected == 0 {
             return Ok(EditOutcome::Deleted);
         }
+        txn.commit().await?;
         let mut msg: Message = to_message(m);
         msg.body = body.to_owned();
         msg.edited_at = Some(now);
-        Ok(EditOutcome::Done(msg))
+        Ok(EditOutcome::Done(msg, change))
     }
 
     /// Delete the caller's own message: it keeps its place and `seq`, shows
@@ -81,6 +88,8 @@ impl Store {
         }
         let now = Utc::now().trunc_subsecs(6);
         let txn = self.db.begin().await?;
+        // Thread row, then message row: the order every change takes them in.
+        let change = changes::stamp(&txn, m.thread_id, id.0).await?;
         let res = message::Entity::update_many()
             .col_expr(message::Column::DeletedAt, Expr::value(Some(now)))
             .filter(message::Column::Id.eq(id.0))
@@ -98,6 +107,6 @@ impl Store {
         let mut msg = to_message(m);
         msg.deleted = true;
         msg.body = DELETED_BODY.to_owned();
-        Ok(EditOutcome::Done(msg))
+        Ok(EditOutcome::Done(msg, change))
     }
 }

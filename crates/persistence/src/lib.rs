@@ -5,6 +5,7 @@
 //! values and returns protocol types or plain rows.
 
 mod batch;
+mod changes;
 mod edits;
 pub mod entity;
 mod error;

@@ -7,8 +7,8 @@ use chrono::{SubsecRound, Utc};
 use confab_protocol::{Message, MessageId, ReactionCount, ThreadId, UserId, DELETED_BODY};
 use sea_orm::sea_query::{Expr, Query};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, Statement, TransactionTrait,
+    ActiveValue::NotSet, ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect, Statement, TransactionTrait,
 };
 use std::collections::BTreeMap;
 
@@ -30,8 +30,8 @@ pub enum SendOutcome {
 /// The result of an edit or delete.
 #[derive(Clone, Debug)]
 pub enum EditOutcome {
-    /// Done; the message as it now is.
-    Done(Message),
+    /// Done; the message as it now is, and the change number the change took (see `changes`).
+    Done(Message, i64),
     /// No such message, or the caller is not a member of its thread.
     NotFound,
     /// The caller is a member but not the sender.
@@ -225,6 +225,7 @@ impl Store {
             created_at: Set(now),
             edited_at: Set(None),
             deleted_at: Set(None),
+            change_seq: NotSet,
         })
         .exec(&txn)
         .await?;

@@ -1,11 +1,15 @@
 //! Emoji reactions: one row per (message, emoji, user), so a user reacts at most once with each
 //! emoji on a message. Adding twice or removing what is not there changes nothing.
 
+use crate::changes;
 use crate::entity::{message, reaction, thread_member};
-use crate::{Error, Result, Store};
+use crate::{Result, Store};
 use chrono::{SubsecRound, Utc};
 use confab_protocol::{MessageId, ThreadId, UserId};
-use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
+use sea_orm::sea_query::OnConflict;
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, TransactionTrait,
+};
 
 /// The result of [`Store::set_reaction`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -18,6 +22,8 @@ pub enum ReactOutcome {
         changed: bool,
         /// How many users now react with this emoji.
         count: i64,
+        /// The change number the change took (see `changes`); `None` when nothing changed.
+        change_seq: Option<i64>,
     },
     /// No such message, or the caller is not a member of its thread.
     NotFound,
@@ -47,6 +53,10 @@ impl Store {
         if m.deleted_at.is_some() {
             return Ok(ReactOutcome::Deleted);
         }
+        // Thread row, then message row (`changes::stamp`), then the reaction: the order every
+        // change takes its locks in. A change that turns out to be none rolls back its stamp.
+        let txn = self.db.begin().await?;
+        let change = changes::stamp(&txn, m.thread_id, id.0).await?;
         let changed = if add {
             let row = reaction::ActiveModel {
                 message_id: Set(id.0),
@@ -54,22 +64,34 @@ impl Store {
                 user_id: Set(user.0),
                 created_at: Set(Utc::now().trunc_subsecs(6)),
             };
-            match reaction::Entity::insert(row)
-                .exec(&self.db)
-                .await
-                .map_err(Error::from)
-            {
-                Ok(_) => true,
-                // Already reacted (possibly by a concurrent retry): idempotent.
-                Err(Error::Conflict(_)) => false,
-                Err(e) => return Err(e),
-            }
+            // Already reacted (possibly by a concurrent retry): idempotent. DO NOTHING rather
+            // than catching the conflict, which would abort a Postgres transaction.
+            reaction::Entity::insert(row)
+                .on_conflict(
+                    OnConflict::columns([
+                        reaction::Column::MessageId,
+                        reaction::Column::Emoji,
+                        reaction::Column::UserId,
+                    ])
+                    .do_nothing()
+                    .to_owned(),
+                )
+                .exec_without_returning(&txn)
+                .await?
+                > 0
         } else {
             reaction::Entity::delete_by_id((id.0, emoji.to_owned(), user.0))
-                .exec(&self.db)
+                .exec(&txn)
                 .await?
                 .rows_affected
                 > 0
+        };
+        let change = if changed {
+            txn.commit().await?;
+            Some(change)
+        } else {
+            txn.rollback().await?;
+            None
         };
         let count = reaction::Entity::find()
             .filter(reaction::Column::MessageId.eq(id.0))
@@ -80,6 +102,7 @@ impl Store {
             thread_id: ThreadId(m.thread_id),
             changed,
             count,
+            change_seq: change,
         })
     }
 }

@@ -53,6 +53,7 @@ impl Store {
             last_activity_at: Set(now),
             created_at: Set(now),
             created_by: Set(a.0),
+            last_change: Set(0),
         };
         match thread::Entity::insert(row)
             .exec(&txn)
@@ -111,6 +112,7 @@ impl Store {
             last_activity_at: Set(now),
             created_at: Set(now),
             created_by: Set(creator.0),
+            last_change: Set(0),
         })
         .exec(&txn)
         .await?;

@@ -113,6 +113,11 @@ pub struct ResumePoint {
     pub thread_id: ThreadId,
     /// The last `seq` the client has (0 for none).
     pub last_seq: i64,
+    /// The last `change_seq` the client saw in this thread (from `message_edited`,
+    /// `message_deleted`, `reaction`, `message_changed` or a `resumed` reply; 0 for none). When
+    /// given, the messages changed since are replayed as `message_changed` frames.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_change: Option<i64>,
 }
 
 /// The outcome of resuming one thread.
@@ -129,6 +134,18 @@ pub struct ResumeResult {
     pub from_seq: i64,
     /// The thread's last `seq` at the time of the replay.
     pub last_seq: i64,
+    /// The thread's last `change_seq`: what to give as `last_change` next time (with the
+    /// higher `change_seq`s of changes heard live since).
+    #[serde(default)]
+    pub last_change: i64,
+    /// How many `message_changed` frames were replayed before this frame (0 unless the
+    /// client gave `last_change`).
+    #[serde(default)]
+    pub changes_replayed: u32,
+    /// True when more messages changed than the server replays (`session.max_resume_replay`):
+    /// reload the thread's history instead.
+    #[serde(default)]
+    pub changes_truncated: bool,
 }
 
 /// A user as other users see them.
@@ -298,6 +315,9 @@ pub enum ServerFrame {
         body: String,
         /// Always true.
         deleted: bool,
+        /// The thread's change number this deletion took (see `resume`'s `last_change`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        change_seq: Option<i64>,
     },
     /// A message was edited.
     MessageEdited {
@@ -311,6 +331,9 @@ pub enum ServerFrame {
         body: String,
         /// When it was edited.
         edited_at: DateTime<Utc>,
+        /// The thread's change number this edit took (see `resume`'s `last_change`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        change_seq: Option<i64>,
     },
     /// A reaction was added or removed.
     Reaction {
@@ -326,6 +349,17 @@ pub enum ServerFrame {
         added: bool,
         /// How many users now react with this emoji.
         count: i64,
+        /// The thread's change number this change took (see `resume`'s `last_change`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        change_seq: Option<i64>,
+    },
+    /// A message the client already has changed while it was away (edited, deleted, reacted
+    /// to): replayed by `resume` when asked with `last_change`, as the message is now.
+    MessageChanged {
+        /// The change number of its latest change.
+        change_seq: i64,
+        /// The message as it is now (reaction counts as the caller sees them).
+        message: Message,
     },
     /// A member read a thread up to `seq` (read receipts; also syncs your other devices).
     Read {
@@ -597,18 +631,23 @@ mod properties {
                 thread_id: ThreadId(t),
                 seq
             }),
-            (".{0,20}", prop::collection::vec((id(), any::<i64>()), 0..4)).prop_map(|(req, v)| {
-                ClientFrame::Resume {
-                    req,
-                    threads: v
-                        .into_iter()
-                        .map(|(t, s)| ResumePoint {
-                            thread_id: ThreadId(t),
-                            last_seq: s,
-                        })
-                        .collect(),
-                }
-            }),
+            (
+                ".{0,20}",
+                prop::collection::vec((id(), any::<i64>(), any::<Option<i64>>()), 0..4)
+            )
+                .prop_map(|(req, v)| {
+                    ClientFrame::Resume {
+                        req,
+                        threads: v
+                            .into_iter()
+                            .map(|(t, s, c)| ResumePoint {
+                                thread_id: ThreadId(t),
+                                last_seq: s,
+                                last_change: c,
+                            })
+                            .collect(),
+                    }
+                }),
             (".{0,20}", id(), ".{0,8}").prop_map(|(req, m, emoji)| ClientFrame::React {
                 req,
                 message_id: MessageId(m),

@@ -869,7 +869,7 @@ both_backends!(
             assert_eq!(
                 d,
                 json!({"type":"message_deleted","thread_id":room,"id":mid,"seq":2,
-                       "body":"[message deleted]","deleted":true})
+                       "body":"[message deleted]","deleted":true,"change_seq":2})
             );
         }
         cw.expect_none(is_type("message_deleted"), Duration::from_millis(100))
@@ -998,7 +998,7 @@ both_backends!(
         assert_eq!(
             r,
             json!({"type":"reaction","thread_id":room,"message_id":mid,"user_id":bob.id,
-                   "emoji":"👍","added":true,"count":1})
+                   "emoji":"👍","added":true,"count":1,"change_seq":1})
         );
         ws_ok(
             &a.request(json!({"type":"react","message_id":mid,"emoji":"👍"}))
@@ -1021,9 +1021,14 @@ both_backends!(
                 .await,
         );
         let r = watch.recv_until(is_type("reaction")).await;
+        // The repeated 👍 changed nothing, so it took no change number either.
         assert_eq!(
-            (r["emoji"].clone(), r["count"].clone()),
-            (json!("🎉"), json!(1))
+            (
+                r["emoji"].clone(),
+                r["count"].clone(),
+                r["change_seq"].clone()
+            ),
+            (json!("🎉"), json!(1), json!(3))
         );
 
         let path = format!("/api/v1/threads/{room}/messages");
@@ -1438,6 +1443,129 @@ both_backends!(
             spam.is_some_and(|r| r.reporter_id == bob.id.0 && r.message_id.to_string() == mid),
             "{rows:?}"
         );
+        c.stop().await;
+    }
+);
+
+/// Send a `resume` of one thread; returns the `message_changed` frames replayed before the
+/// `resumed` reply, and the reply's entry for the thread (or the error frame).
+async fn resume_changes(ws: &mut Ws, point: Value) -> (Vec<Value>, Value) {
+    let req = ws.next_req();
+    ws.send_json(json!({"type":"resume","req":req,"threads":[point]}))
+        .await;
+    let mut changed = Vec::new();
+    loop {
+        let f = ws
+            .recv_until(|f| f["type"] == "message_changed" || f["req"] == req.as_str())
+            .await;
+        if f["type"] == "message_changed" {
+            changed.push(f);
+            continue;
+        }
+        if f["type"] != "resumed" {
+            return (changed, f);
+        }
+        return (changed, f["threads"][0].clone());
+    }
+}
+
+both_backends!(
+    changes_made_while_a_member_was_away_are_replayed_on_resume,
+    |b: Backend| async move {
+        let c = Cluster::start(b, 2).await;
+        let (_alice, at) = c.user("alice").await;
+        let (bob, bt) = c.user("bob").await;
+        let t = c.http(0).create_thread(&at, &[&bob], None).await;
+        let mut a = c.ws(0, &at).await;
+        let mut ids = Vec::new();
+        for body in ["m1", "m2", "m3"] {
+            let ack = a.send_msg(t, body, body).await;
+            ids.push(ack["id"].clone());
+        }
+        let mut bw = c.ws(1, &bt).await;
+        // Without `last_change` nothing is replayed; the reply gives the thread's counter.
+        let (changed, r) = resume_changes(&mut bw, json!({"thread_id":t,"last_seq":3})).await;
+        assert!(changed.is_empty(), "{changed:?}");
+        assert_eq!(
+            (r["last_change"].as_i64(), r["changes_replayed"].as_i64()),
+            (Some(0), Some(0)),
+            "{r}"
+        );
+
+        // A change heard live carries its number.
+        ws_ok(
+            &a.request(json!({"type":"edit","message_id":ids[0],"body":"m1 edited"}))
+                .await,
+        );
+        let e = bw.recv_until(is_type("message_edited")).await;
+        assert_eq!(e["change_seq"], 1, "{e}");
+        bw.close().await;
+
+        // While bob is away: a deletion, a reaction, a second edit, and a no-op.
+        ws_ok(
+            &a.request(json!({"type":"delete","message_id":ids[1]}))
+                .await,
+        );
+        ws_ok(
+            &a.request(json!({"type":"react","message_id":ids[2],"emoji":"👍"}))
+                .await,
+        );
+        ws_ok(
+            &a.request(json!({"type":"unreact","message_id":ids[2],"emoji":"🎉"}))
+                .await,
+        );
+        ws_ok(
+            &a.request(json!({"type":"edit","message_id":ids[0],"body":"m1 again"}))
+                .await,
+        );
+
+        let mut bw = c.ws(0, &bt).await;
+        let (changed, r) =
+            resume_changes(&mut bw, json!({"thread_id":t,"last_seq":3,"last_change":1})).await;
+        let got: Vec<(i64, i64, &str, bool)> = changed
+            .iter()
+            .map(|f| {
+                (
+                    f["change_seq"].as_i64().unwrap_or(-1),
+                    f["message"]["seq"].as_i64().unwrap_or(-1),
+                    f["message"]["body"].as_str().unwrap_or(""),
+                    f["message"]["deleted"].as_bool().unwrap_or(false),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (2, 2, "[message deleted]", true),
+                (3, 3, "m3", false),
+                (4, 1, "m1 again", false),
+            ],
+            "{changed:?}"
+        );
+        assert_eq!(
+            changed[1]["message"]["reactions"],
+            json!([{"emoji":"👍","count":1,"me":false}])
+        );
+        assert_eq!(
+            (
+                r["last_change"].as_i64(),
+                r["changes_replayed"].as_i64(),
+                r["changes_truncated"].as_bool()
+            ),
+            (Some(4), Some(3), Some(false)),
+            "{r}"
+        );
+        // Up to date: nothing more.
+        let (changed, r) =
+            resume_changes(&mut bw, json!({"thread_id":t,"last_seq":3,"last_change":4})).await;
+        assert!(changed.is_empty(), "{changed:?}");
+        assert_eq!(r["last_change"], 4, "{r}");
+        let (_, r) = resume_changes(
+            &mut bw,
+            json!({"thread_id":t,"last_seq":3,"last_change":-1}),
+        )
+        .await;
+        ws_refused(&r, "bad_request");
         c.stop().await;
     }
 );

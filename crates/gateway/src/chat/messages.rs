@@ -37,7 +37,7 @@ fn edit_refusal(outcome: EditOutcome) -> Error {
         EditOutcome::Deleted => Error::BadRequest("the message is deleted".into()),
         // A missing message and a stranger's message look the same, so non-members cannot
         // probe which message ids exist.
-        EditOutcome::NotFound | EditOutcome::Done(_) => Error::NotMember,
+        EditOutcome::NotFound | EditOutcome::Done(..) => Error::NotMember,
     }
 }
 
@@ -47,7 +47,7 @@ impl Chat {
     pub async fn edit(&self, caller: UserId, id: MessageId, body: &str) -> Result<Message> {
         self.check_body(body)?;
         match self.store.edit_message(id, caller, body).await? {
-            EditOutcome::Done(msg) => {
+            EditOutcome::Done(msg, change) => {
                 if let Some(edited_at) = msg.edited_at {
                     self.publish_event(
                         msg.thread_id,
@@ -58,6 +58,7 @@ impl Chat {
                             seq: msg.seq,
                             body: msg.body.clone(),
                             edited_at,
+                            change_seq: Some(change),
                         },
                     );
                 }
@@ -71,7 +72,7 @@ impl Chat {
     /// succeeds and announces nothing.
     pub async fn delete(&self, caller: UserId, id: MessageId) -> Result<()> {
         match self.store.delete_message(id, caller).await? {
-            EditOutcome::Done(msg) => {
+            EditOutcome::Done(msg, change) => {
                 self.publish_event(
                     msg.thread_id,
                     None,
@@ -81,6 +82,7 @@ impl Chat {
                         seq: msg.seq,
                         body: msg.body,
                         deleted: true,
+                        change_seq: Some(change),
                     },
                 );
                 Ok(())
@@ -105,6 +107,7 @@ impl Chat {
                 thread_id,
                 changed,
                 count,
+                change_seq,
             } => {
                 if changed {
                     self.publish_event(
@@ -117,6 +120,7 @@ impl Chat {
                             emoji: emoji.to_owned(),
                             added: add,
                             count,
+                            change_seq,
                         },
                     );
                 }

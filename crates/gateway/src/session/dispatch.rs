@@ -151,26 +151,50 @@ impl Session {
             ))
             .into());
         }
+        if let Some(p) = points.iter().find(|p| p.last_change.is_some_and(|c| c < 0)) {
+            return Err(Error::BadRequest(format!(
+                "last_change of thread {} is negative (0: every change)",
+                p.thread_id
+            ))
+            .into());
+        }
         let max_replay = limits.session.max_resume_replay as i64;
         let batch = limits.session.replay_batch.max(1);
         // A thread listed twice is replayed once, from the lowest `last_seq` given: replaying
         // it per entry would send the same messages again (and read them again, per copy).
         let mut index: HashMap<ThreadId, usize> = HashMap::with_capacity(points.len());
-        let mut wanted: Vec<(ThreadId, i64)> = Vec::with_capacity(points.len());
+        // Likewise the changes: from the lowest `last_change` given, if any entry asks.
+        let mut wanted: Vec<(ThreadId, i64, Option<i64>)> = Vec::with_capacity(points.len());
         for p in points {
             match index.entry(p.thread_id) {
                 Entry::Occupied(e) => {
-                    let last_seq = &mut wanted[*e.get()].1;
+                    let (_, last_seq, last_change) = &mut wanted[*e.get()];
                     *last_seq = (*last_seq).min(p.last_seq);
+                    *last_change = match (*last_change, p.last_change) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
                 }
                 Entry::Vacant(e) => {
                     e.insert(wanted.len());
-                    wanted.push((p.thread_id, p.last_seq));
+                    wanted.push((p.thread_id, p.last_seq, p.last_change));
                 }
             }
         }
+        // Every thread's change counter in one query (a resume storm is thousands of these).
+        let member_threads: Vec<ThreadId> = wanted
+            .iter()
+            .map(|w| w.0)
+            .filter(|t| self.cursors.contains_key(t))
+            .collect();
+        let counters = self
+            .state
+            .store
+            .last_changes(&member_threads)
+            .await
+            .map_err(Error::from)?;
         let mut results = Vec::with_capacity(wanted.len());
-        for (thread_id, last_seq) in wanted {
+        for (thread_id, last_seq, last_change) in wanted {
             // Threads the user is not in are skipped: never replay a stranger's thread.
             let Some(&head) = self.cursors.get(&thread_id) else {
                 continue;
@@ -204,15 +228,78 @@ impl Session {
                     replayed += 1;
                 }
             }
+            let counter = counters.get(&thread_id).copied().unwrap_or(0);
+            let changes = self.replay_changes(thread_id, counter, last_change).await?;
             results.push(ResumeResult {
                 thread_id,
                 replayed,
                 truncated,
                 from_seq: start + 1,
                 last_seq: head,
+                last_change: changes.last_change,
+                changes_replayed: changes.replayed,
+                changes_truncated: changes.truncated,
             });
         }
         Ok(results)
+    }
+}
+
+/// What [`Session::replay_changes`] did for one thread.
+struct ChangesReplayed {
+    last_change: i64,
+    replayed: u32,
+    truncated: bool,
+}
+
+impl Session {
+    /// Replay, as `message_changed` frames, the messages of `thread_id` changed after the
+    /// client's `last_change` (when it gave one), and say where the client stands now.
+    /// `counter` is the thread's change counter, read before: a change committed after that
+    /// read has a higher number and is either among the rows read here or heard live, never
+    /// lost between the two.
+    async fn replay_changes(
+        &mut self,
+        thread_id: ThreadId,
+        counter: i64,
+        last_change: Option<i64>,
+    ) -> Result<ChangesReplayed, HandleError> {
+        let after = match last_change {
+            Some(after) if after < counter => after,
+            // Not asked, or nothing changed since: the counter is all there is to say.
+            _ => {
+                return Ok(ChangesReplayed {
+                    last_change: counter,
+                    replayed: 0,
+                    truncated: false,
+                })
+            }
+        };
+        let mut last_change = counter;
+        let max = self.state.settings.session.max_resume_replay;
+        let changes = self
+            .state
+            .store
+            .changes_after(thread_id, after, max + 1, self.auth.user.id)
+            .await
+            .map_err(Error::from)?;
+        let truncated = changes.len() as u64 > max;
+        let mut replayed = 0u32;
+        for (change_seq, message) in changes.into_iter().take(max as usize) {
+            last_change = last_change.max(change_seq);
+            self.reply(&ServerFrame::MessageChanged {
+                change_seq,
+                message,
+            })
+            .await
+            .map_err(HandleError::End)?;
+            replayed += 1;
+        }
+        Ok(ChangesReplayed {
+            last_change,
+            replayed,
+            truncated,
+        })
     }
 }
 

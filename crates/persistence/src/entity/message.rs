@@ -25,6 +25,9 @@ pub struct Model {
     pub edited_at: Option<DateTimeUtc>,
     /// Deletion time.
     pub deleted_at: Option<DateTimeUtc>,
+    /// The thread's change counter at this message's latest edit, deletion or reaction change
+    /// (`None` until the first; see `threads.last_change`).
+    pub change_seq: Option<i64>,
 }
 
 /// No navigated relations.

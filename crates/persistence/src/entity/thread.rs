@@ -26,6 +26,9 @@ pub struct Model {
     pub created_at: DateTimeUtc,
     /// Who created it.
     pub created_by: Uuid,
+    /// How many changes (edits, deletions, reaction changes) its messages have had: the last
+    /// `messages.change_seq` handed out (0 for none).
+    pub last_change: i64,
 }
 
 /// No navigated relations.
