@@ -53,6 +53,26 @@ async fn node_behind_a_proxy(
     (redis, proxy, c)
 }
 
+/// After a refused leave that may have gone out: bob's session on node 1 is closed with 1012
+/// (resync), and the session he opens again gets the thread's next message — he is still a
+/// member, and receiving.
+async fn sent_back_still_a_member(
+    c: &Cluster,
+    a: &mut confab_tests::Ws,
+    b: &mut confab_tests::Ws,
+    bt: &str,
+    thread: confab_protocol::ThreadId,
+) {
+    assert_eq!(b.expect_close(Duration::from_secs(15)).await, Some(1012));
+    let mut b = c.ws(1, bt).await;
+    a.send_msg(thread, "s1", "still yours").await;
+    let f = b.recv_until(|f| f["type"] == "message").await;
+    assert_eq!(
+        (f["body"].as_str(), f["seq"].as_i64()),
+        (Some("still yours"), Some(1))
+    );
+}
+
 /// Poll `GET path` on node `i` as `token` until it answers `want`.
 async fn wait_status(c: &Cluster, i: usize, path: &str, token: &str, want: u16, what: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -727,14 +747,7 @@ async fn a_leave_redis_does_not_confirm_is_refused_and_undone_if_it_goes_out_lat
     assert_eq!(c.http(1).get(&history, Some(&bt)).await.0, 200, "bob left");
 
     proxy.release_requests();
-    assert_eq!(b.expect_close(Duration::from_secs(15)).await, Some(1012));
-    let mut b = c.ws(1, &bt).await;
-    a.send_msg(thread, "s1", "still yours").await;
-    let f = b.recv_until(|f| f["type"] == "message").await;
-    assert_eq!(
-        (f["body"].as_str(), f["seq"].as_i64()),
-        (Some("still yours"), Some(1))
-    );
+    sent_back_still_a_member(&c, &mut a, &mut b, &bt, thread).await;
     let _ = bob;
     c.stop().await;
 }
@@ -808,14 +821,7 @@ async fn a_leave_whose_connection_drops_before_the_reply_is_refused_and_undone()
     // reaches Redis again, and bob's session comes back into the thread he is still in.
     proxy.thaw();
     proxy.restore();
-    assert_eq!(b.expect_close(Duration::from_secs(15)).await, Some(1012));
-    let mut b = c.ws(1, &bt).await;
-    a.send_msg(thread, "s1", "still yours").await;
-    let f = b.recv_until(|f| f["type"] == "message").await;
-    assert_eq!(
-        (f["body"].as_str(), f["seq"].as_i64()),
-        (Some("still yours"), Some(1))
-    );
+    sent_back_still_a_member(&c, &mut a, &mut b, &bt, thread).await;
     let _ = bob;
     c.stop().await;
 }
