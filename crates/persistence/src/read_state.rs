@@ -14,6 +14,8 @@ pub struct ReadPosition {
     pub last_read_seq: i64,
     /// The thread's newest `seq`.
     pub last_seq: i64,
+    /// The thread's change counter (see `changes`), read with `last_seq`.
+    pub last_change: i64,
 }
 
 /// The result of [`Store::mark_read`].
@@ -38,15 +40,17 @@ impl Store {
         else {
             return Ok(None);
         };
-        let last_seq: Option<i64> = thread::Entity::find_by_id(thread_id.0)
+        let heads: Option<(i64, i64)> = thread::Entity::find_by_id(thread_id.0)
             .select_only()
             .column(thread::Column::LastSeq)
+            .column(thread::Column::LastChange)
             .into_tuple()
             .one(&self.db)
             .await?;
-        Ok(last_seq.map(|last_seq| ReadPosition {
+        Ok(heads.map(|(last_seq, last_change)| ReadPosition {
             last_read_seq: member.last_read_seq,
             last_seq,
+            last_change,
         }))
     }
 

@@ -55,6 +55,10 @@ pub struct HistoryPage {
     pub messages: Vec<Message>,
     /// Pass as `before_seq` to get the previous page; `null` when this page reaches `seq` 1.
     pub next_before_seq: Option<i64>,
+    /// The thread's change counter when the page was read: give it (or a higher `change_seq`
+    /// heard live since) as `last_change` when resuming, to get the messages changed after.
+    #[serde(default)]
+    pub last_change: i64,
 }
 
 /// The last message of a thread, as the thread list shows it.

@@ -134,10 +134,10 @@ pub struct ResumeResult {
     pub from_seq: i64,
     /// The thread's last `seq` at the time of the replay.
     pub last_seq: i64,
-    /// The thread's last `change_seq`: what to give as `last_change` next time (with the
-    /// higher `change_seq`s of changes heard live since).
-    #[serde(default)]
-    pub last_change: i64,
+    /// When the client gave `last_change`: the thread's last `change_seq`, what to give next
+    /// time (with the higher `change_seq`s of changes heard live since).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_change: Option<i64>,
     /// How many `message_changed` frames were replayed before this frame (0 unless the
     /// client gave `last_change`).
     #[serde(default)]

@@ -44,14 +44,16 @@ impl TypingGate {
 impl Chat {
     /// A page of history for a member. Without `limit`: with `before_seq`, the older page size
     /// (10); without it, the newest 20 messages, or every unread one when more than 20 are
-    /// unread (at most `max_unread_page`). An explicit `limit` always wins.
+    /// unread (at most `max_unread_page`). An explicit `limit` always wins. Also returns the
+    /// thread's change counter as it was *before* the page was read: a change after it has a
+    /// higher number, so a client that resumes from it misses none.
     pub async fn history(
         &self,
         caller: UserId,
         thread: ThreadId,
         before_seq: Option<i64>,
         limit: Option<u64>,
-    ) -> Result<Vec<Message>> {
+    ) -> Result<(Vec<Message>, i64)> {
         let pos = self
             .store
             .read_position(thread, caller)
@@ -72,10 +74,11 @@ impl Chat {
                 }
             }
         };
-        Ok(self
+        let page = self
             .store
             .history_page(thread, before_seq, limit, caller)
-            .await?)
+            .await?;
+        Ok((page, pos.last_change))
     }
 
     /// Mark `thread` read up to `seq` (clamped to its last `seq`, never backwards). When the

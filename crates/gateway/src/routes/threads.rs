@@ -93,7 +93,7 @@ pub async fn history(
     if matches!(q.before_seq, Some(b) if b < 1) {
         return Err(Error::BadRequest("before_seq must be at least 1".into()));
     }
-    let messages = state
+    let (messages, last_change) = state
         .chat
         .history(me.user.id, thread, q.before_seq, q.limit)
         .await?;
@@ -101,6 +101,7 @@ pub async fn history(
     Ok(web::Json(HistoryPage {
         messages,
         next_before_seq,
+        last_change,
     }))
 }
 

@@ -181,11 +181,12 @@ impl Session {
                 }
             }
         }
-        // Every thread's change counter in one query (a resume storm is thousands of these).
+        // The change counters of the threads whose changes are asked for, in one query; none
+        // for a resume that asks for none (a reconnect storm is thousands of resumes).
         let member_threads: Vec<ThreadId> = wanted
             .iter()
+            .filter(|w| w.2.is_some() && self.cursors.contains_key(&w.0))
             .map(|w| w.0)
-            .filter(|t| self.cursors.contains_key(t))
             .collect();
         let counters = self
             .state
@@ -236,7 +237,7 @@ impl Session {
                 truncated,
                 from_seq: start + 1,
                 last_seq: head,
-                last_change: changes.last_change,
+                last_change: last_change.map(|_| changes.last_change),
                 changes_replayed: changes.replayed,
                 changes_truncated: changes.truncated,
             });
