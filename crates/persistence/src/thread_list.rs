@@ -88,7 +88,8 @@ pub(crate) async fn activity_page<T: sea_orm::TryGetableMany>(
     Ok((rows, next))
 }
 
-/// One thread row of the page, with the caller's read position.
+/// One thread row of the page, with the caller's read position and the thread's change
+/// counter last.
 type PageRow = (
     uuid::Uuid,
     String,
@@ -96,6 +97,7 @@ type PageRow = (
     bool,
     i64,
     DateTime<Utc>,
+    i64,
     i64,
 );
 
@@ -162,6 +164,7 @@ impl Store {
                 thread::Column::LastActivityAt,
             ])
             .column(thread_member::Column::LastReadSeq)
+            .column(thread::Column::LastChange)
             .join_rev(JoinType::InnerJoin, member_thread_join())
             .filter(thread_member::Column::UserId.eq(user.0))
     }
@@ -179,7 +182,16 @@ impl Store {
         let items = rows
             .into_iter()
             .map(
-                |(id, kind, name, public, last_seq, last_activity_at, last_read_seq)| {
+                |(
+                    id,
+                    kind,
+                    name,
+                    public,
+                    last_seq,
+                    last_activity_at,
+                    last_read_seq,
+                    last_change,
+                )| {
                     ThreadListItem {
                         id: ThreadId(id),
                         name,
@@ -195,6 +207,7 @@ impl Store {
                         unread_count: unread.get(&id).copied().unwrap_or(0),
                         last_read_seq,
                         last_activity_at,
+                        last_change,
                     }
                 },
             )

@@ -136,6 +136,7 @@ impl Store {
             members,
             created_at: t.created_at,
             last_seq: t.last_seq,
+            last_change: t.last_change,
         })
     }
 

@@ -101,6 +101,10 @@ pub struct ThreadListItem {
     pub last_read_seq: i64,
     /// The time of the last activity (last message, or creation).
     pub last_activity_at: DateTime<Utc>,
+    /// The thread's change counter (see `resume`'s `last_change`): changes after it can be
+    /// replayed.
+    #[serde(default)]
+    pub last_change: i64,
 }
 
 /// `GET /api/v1/threads` → 200.

@@ -186,6 +186,9 @@ pub struct Thread {
     /// The `seq` of its newest message (0 when empty).
     #[serde(default)]
     pub last_seq: i64,
+    /// Its change counter (see `resume`'s `last_change`): changes after it can be replayed.
+    #[serde(default)]
+    pub last_change: i64,
 }
 
 /// One message as delivered live (`message` events) and in history pages.

@@ -1505,6 +1505,8 @@ both_backends!(
         assert_eq!(e["change_seq"], 1, "{e}");
         bw.close().await;
         assert_eq!(get_ok(&c, 1, &path, &bt).await["last_change"], 1);
+        let entry = get_ok(&c, 0, &format!("/api/v1/threads/{t}"), &bt).await;
+        assert_eq!(entry["last_change"], 1, "{entry}");
 
         // While bob is away: a deletion, a reaction, a second edit, and a no-op.
         ws_ok(
