@@ -118,6 +118,12 @@ while awk -v b="$background" 'BEGIN{exit !(b > 0.3)}' && [ "$waited" -lt "$quiet
 done
 log "background load before the run: $background CPUs busy"
 
+# A yardstick of the machine itself (one core's arithmetic, loopback TCP round trips), recorded
+# beside the figures: the same binary's figures drift with the machine from one day to the next.
+echo "$BENCH calibrate" | sed "s#$dir/bin/#target/release/#g; s#$root/##g" >>"$dir/commands.txt"
+calibration=$("$BENCH" calibrate 2>&1 >>"$dir/results.jsonl" | tail -n1 | sed 's/^calibrate: //')
+log "machine speed: $calibration"
+
 if [ "$quick" = 1 ]; then
   WARM=1; DUR=3; RATES="1000 10000"; PROFILE_RATES="2000"; RAMP_STEPS=2; IDLE_N=2000; HIST_N=20000; STORE_DUR=3
   EMBEDDED_RATES="2000"
@@ -304,6 +310,7 @@ stop_nodes
   echo "| kernel | $(uname -sr) |"
   echo "| fd limit per process | $FD_LIMIT |"
   echo "| other work on the machine before the run | $background CPUs busy (waited ${waited} s for it to calm down) |"
+  echo "| machine speed before the run (\`confab-bench calibrate\`) | $calibration |"
   echo "| Postgres | $(psql "$PG_ADMIN" -Atc 'show server_version' 2>/dev/null), fsync=$(psql "$PG_ADMIN" -Atc 'show fsync' 2>/dev/null), synchronous_commit=$(psql "$PG_ADMIN" -Atc 'show synchronous_commit' 2>/dev/null) |"
   echo "| Redis | $(redis-cli -u "$REDIS_URL" info server 2>/dev/null | tr -d '\r' | awk -F: '/^redis_version/{print $2}') |"
   echo "| Rust | $(rustc --version) |"

@@ -5,12 +5,14 @@
 //! [`ramp`] (raise the rate until latency or loss passes a bound), [`idle`] (many idle
 //! authenticated connections: server memory per connection and the connect rate), [`storm`]
 //! (everyone reconnects at once and resumes), [`crash`] (a node SIGKILLed: how long until its
-//! users show offline) and [`history`] (page latency on a huge thread).
+//! users show offline) and [`history`] (page latency on a huge thread); [`calibrate`] measures
+//! the machine itself (a yardstick recorded beside the figures).
 //! [`report`] turns their JSON lines into `BENCHMARKS.md`.
 //!
 //! The library never prints; the binary (`main.rs`) prints one JSON line per result and a
 //! one-line human summary.
 
+pub mod calibrate;
 pub mod conn;
 pub mod crash;
 pub mod fanout;

@@ -48,6 +48,9 @@ enum Cmd {
     History(HistoryArgs),
     /// Write BENCHMARKS.md from the JSON lines of a run.
     Report(ReportArgs),
+    /// How fast this machine is (one core's arithmetic, loopback TCP round trips): a yardstick
+    /// for comparing runs made on different days.
+    Calibrate,
 }
 
 #[derive(Args, Clone)]
@@ -421,6 +424,10 @@ async fn run(cmd: Cmd) -> Result<()> {
                 label: a.label,
             };
             let r = history::run(&cfg).await?;
+            emit(&r, r.summary());
+        }
+        Cmd::Calibrate => {
+            let r = confab_bench::calibrate::run().await?;
             emit(&r, r.summary());
         }
         Cmd::Report(a) => {
