@@ -1576,3 +1576,38 @@ both_backends!(
         c.stop().await;
     }
 );
+
+both_backends!(
+    more_changes_than_a_resume_replays_say_so,
+    |b: Backend| async move {
+        let c = Cluster::start_with(b, 1, |s| s.session.max_resume_replay = 2).await;
+        let (_alice, at) = c.user("alice").await;
+        let (bob, bt) = c.user("bob").await;
+        let t = c.http(0).create_thread(&at, &[&bob], None).await;
+        let mut a = c.ws(0, &at).await;
+        for i in 1..=3 {
+            let ack = a.send_msg(t, &format!("c{i}"), &format!("m{i}")).await;
+            let edit = json!({"type":"edit","message_id":ack["id"],"body":format!("m{i}!")});
+            ws_ok(&a.request(edit).await);
+        }
+        let mut bw = c.ws(0, &bt).await;
+        let (changed, r) =
+            resume_changes(&mut bw, json!({"thread_id":t,"last_seq":3,"last_change":0})).await;
+        // The two oldest changes, and word that there are more: reload the history instead.
+        let seqs: Vec<i64> = changed
+            .iter()
+            .filter_map(|f| f["change_seq"].as_i64())
+            .collect();
+        assert_eq!(seqs, vec![1, 2], "{changed:?}");
+        assert_eq!(
+            (
+                r["changes_replayed"].as_i64(),
+                r["changes_truncated"].as_bool(),
+                r["last_change"].as_i64()
+            ),
+            (Some(2), Some(true), Some(3)),
+            "{r}"
+        );
+        c.stop().await;
+    }
+);
