@@ -73,6 +73,23 @@ async fn sent_back_still_a_member(
     );
 }
 
+/// Alice and bob, and a room of the two that alice made through node 0: `(alice's token, bob,
+/// bob's token, the room)`.
+async fn alice_and_bob_in(
+    c: &Cluster,
+    room: Option<&str>,
+) -> (
+    String,
+    confab_protocol::UserRef,
+    String,
+    confab_protocol::ThreadId,
+) {
+    let (_alice, at) = c.user("alice").await;
+    let (bob, bt) = c.user("bob").await;
+    let thread = c.http(0).create_thread(&at, &[&bob], room).await;
+    (at, bob, bt, thread)
+}
+
 /// Poll `GET path` on node `i` as `token` until it answers `want`.
 async fn wait_status(c: &Cluster, i: usize, path: &str, token: &str, want: u16, what: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -91,9 +108,7 @@ async fn messages_acked_while_redis_is_down_reach_members_when_it_is_back() {
         s.redis.reconnect_max_ms = 300;
     })
     .await;
-    let (_alice, at) = c.user("alice").await;
-    let (bob, bt) = c.user("bob").await;
-    let thread = c.http(0).create_thread(&at, &[&bob], None).await;
+    let (at, _bob, bt, thread) = alice_and_bob_in(&c, None).await;
     let mut a = c.ws(0, &at).await;
     let mut b = c.ws(1, &bt).await;
     a.send_msg(thread, "r1", "before").await;
@@ -136,9 +151,7 @@ async fn a_silently_stalled_subscription_is_detected_and_repaired() {
         s.redis.reconnect_max_ms = 300;
     })
     .await;
-    let (_alice, at) = c.user("alice").await;
-    let (bob, bt) = c.user("bob").await;
-    let thread = c.http(0).create_thread(&at, &[&bob], None).await;
+    let (at, _bob, bt, thread) = alice_and_bob_in(&c, None).await;
     let mut a = c.ws(0, &at).await;
     let mut b = c.ws(1, &bt).await;
     a.send_msg(thread, "s1", "before").await;
@@ -272,13 +285,8 @@ async fn lock_thread_members(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_that_overtakes_the_join_announcement_still_reaches_the_new_member() {
     let (_redis, proxy, c) = node1_behind_a_proxy(|_| {}).await;
-    let (_alice, at) = c.user("alice").await;
-    let (bob, bt) = c.user("bob").await;
+    let (at, _bob, bt, thread) = alice_and_bob_in(&c, Some("late announcement")).await;
     let (carol, ct) = c.user("carol").await;
-    let thread = c
-        .http(0)
-        .create_thread(&at, &[&bob], Some("late announcement"))
-        .await;
     let mut a = c.ws(0, &at).await;
     let mut b = c.ws(0, &bt).await;
     let mut cw = c.ws(0, &ct).await;
@@ -332,12 +340,7 @@ async fn a_message_that_overtakes_the_join_announcement_still_reaches_the_new_me
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_stored_after_a_leave_never_reaches_the_leaver() {
     let (_redis, proxy, c) = node1_behind_a_proxy(|_| {}).await;
-    let (_alice, at) = c.user("alice").await;
-    let (bob, bt) = c.user("bob").await;
-    let thread = c
-        .http(0)
-        .create_thread(&at, &[&bob], Some("early leaver"))
-        .await;
+    let (at, bob, bt, thread) = alice_and_bob_in(&c, Some("early leaver")).await;
     let mut a = c.ws(0, &at).await;
     let mut b = c.ws(0, &bt).await;
     a.send_msg(thread, "s1", "first").await;
@@ -446,12 +449,7 @@ async fn a_leave_the_database_refuses_sends_the_leavers_sessions_back_to_resume(
 async fn a_session_opened_during_a_leave_gets_nothing_stored_after_it() {
     use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
     let (_redis, proxy, c) = node1_behind_a_proxy(|_| {}).await;
-    let (_alice, at) = c.user("alice").await;
-    let (bob, bt) = c.user("bob").await;
-    let thread = c
-        .http(0)
-        .create_thread(&at, &[&bob], Some("slow leave"))
-        .await;
+    let (at, bob, bt, thread) = alice_and_bob_in(&c, Some("slow leave")).await;
     let mut a = c.ws(0, &at).await;
     a.send_msg(thread, "s1", "first").await;
 
@@ -521,9 +519,7 @@ async fn an_event_about_a_held_message_waits_for_the_message() {
         s.delivery.gap_grace_ms = 5000;
     })
     .await;
-    let (_alice, at) = c.user("alice").await;
-    let (bob, bt) = c.user("bob").await;
-    let thread = c.http(0).create_thread(&at, &[&bob], None).await;
+    let (at, _bob, bt, thread) = alice_and_bob_in(&c, None).await;
     let mut a = c.ws(0, &at).await;
     let mut b = c.ws(1, &bt).await;
     a.send_msg(thread, "r1", "before").await;
@@ -630,13 +626,8 @@ async fn leaves_and_logouts_wait_for_redis_rather_than_go_unannounced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_join_announced_while_its_node_cannot_reach_redis_arrives_once_it_can() {
     let (_redis, proxy, c) = node_behind_a_proxy(0, |s| s.redis.reconnect_max_ms = 300).await;
-    let (_alice, at) = c.user("alice").await;
-    let (bob, _bt) = c.user("bob").await;
+    let (at, _bob, _bt, thread) = alice_and_bob_in(&c, Some("added in the dark")).await;
     let (carol, ct) = c.user("carol").await;
-    let thread = c
-        .http(0)
-        .create_thread(&at, &[&bob], Some("added in the dark"))
-        .await;
     let mut a = c.ws(0, &at).await;
     let mut cw = c.ws(1, &ct).await;
 
@@ -678,13 +669,8 @@ async fn a_join_announced_while_its_node_cannot_reach_redis_arrives_once_it_can(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_join_announced_while_a_node_resubscribes_is_read_back_from_the_control_log() {
     let (_redis, proxy, c) = node1_behind_a_proxy(|s| s.redis.reconnect_max_ms = 300).await;
-    let (_alice, at) = c.user("alice").await;
-    let (bob, _bt) = c.user("bob").await;
+    let (at, _bob, _bt, thread) = alice_and_bob_in(&c, Some("added while node 1 was away")).await;
     let (carol, ct) = c.user("carol").await;
-    let thread = c
-        .http(0)
-        .create_thread(&at, &[&bob], Some("added while node 1 was away"))
-        .await;
     let mut a = c.ws(0, &at).await;
     let mut cw = c.ws(1, &ct).await;
 
@@ -723,12 +709,7 @@ async fn a_join_announced_while_a_node_resubscribes_is_read_back_from_the_contro
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leave_redis_does_not_confirm_is_refused_and_undone_if_it_goes_out_late() {
     let (_redis, proxy, c) = node_behind_a_proxy(0, |s| s.redis.command_timeout_ms = 300).await;
-    let (_alice, at) = c.user("alice").await;
-    let (bob, bt) = c.user("bob").await;
-    let thread = c
-        .http(0)
-        .create_thread(&at, &[&bob], Some("unconfirmed leave"))
-        .await;
+    let (at, _bob, bt, thread) = alice_and_bob_in(&c, Some("unconfirmed leave")).await;
     let mut a = c.ws(1, &at).await;
     let mut b = c.ws(1, &bt).await;
 
@@ -748,7 +729,6 @@ async fn a_leave_redis_does_not_confirm_is_refused_and_undone_if_it_goes_out_lat
 
     proxy.release_requests();
     sent_back_still_a_member(&c, &mut a, &mut b, &bt, thread).await;
-    let _ = bob;
     c.stop().await;
 }
 
@@ -794,12 +774,7 @@ async fn an_announcement_retried_after_a_timeout_takes_effect_once() {
 #[tokio::test]
 async fn a_leave_whose_connection_drops_before_the_reply_is_refused_and_undone() {
     let (_redis, proxy, c) = node_behind_a_proxy(0, |s| s.redis.command_timeout_ms = 5000).await;
-    let (_alice, at) = c.user("alice").await;
-    let (bob, bt) = c.user("bob").await;
-    let thread = c
-        .http(0)
-        .create_thread(&at, &[&bob], Some("dropped reply"))
-        .await;
+    let (at, _bob, bt, thread) = alice_and_bob_in(&c, Some("dropped reply")).await;
     let mut a = c.ws(1, &at).await;
     let mut b = c.ws(1, &bt).await;
 
@@ -822,6 +797,5 @@ async fn a_leave_whose_connection_drops_before_the_reply_is_refused_and_undone()
     proxy.thaw();
     proxy.restore();
     sent_back_still_a_member(&c, &mut a, &mut b, &bt, thread).await;
-    let _ = bob;
     c.stop().await;
 }
