@@ -401,9 +401,7 @@ async fn a_message_stored_after_a_leave_never_reaches_the_leaver() {
 async fn a_leave_the_database_refuses_sends_the_leavers_sessions_back_to_resume() {
     use sea_orm::{ConnectionTrait, DbBackend, Statement};
     let c = Cluster::start(Backend::Cluster, 2).await;
-    let (_alice, at) = c.user("alice").await;
-    let (_bob, bt) = c.user("bob").await;
-    let thread = c.http(0).create_thread(&at, &[&_bob], Some("sticky")).await;
+    let (at, _bob, bt, thread) = alice_and_bob_in(&c, Some("sticky")).await;
     let mut a = c.ws(0, &at).await;
     let mut b = c.ws(0, &bt).await;
     a.send_msg(thread, "s1", "first").await;
@@ -587,10 +585,8 @@ async fn leaves_and_logouts_wait_for_redis_rather_than_go_unannounced() {
         s.redis.reconnect_max_ms = 300;
     })
     .await;
-    let (_alice, at) = c.user("alice").await;
-    let (bob, bt) = c.user("bob").await;
+    let (_at, bob, bt, thread) = alice_and_bob_in(&c, Some("outage")).await;
     let (_carol, ct) = c.user("carol").await;
-    let thread = c.http(0).create_thread(&at, &[&bob], Some("outage")).await;
     let mut b = c.ws(1, &bt).await;
     let mut cw = c.ws(1, &ct).await;
     let history = format!("/api/v1/threads/{thread}/messages");
