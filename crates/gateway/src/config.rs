@@ -156,9 +156,9 @@ pub struct RedisSettings {
     pub probe_interval_ms: u64,
     /// A probe not seen back within this is a stalled subscription: reconnect.
     pub probe_timeout_ms: u64,
-    /// About how many control announcements (joins, leaves, logouts) the control log keeps for
-    /// nodes that were reconnecting when they were published; also the most a node holds while
-    /// it cannot reach Redis.
+    /// About how many control announcements (joins, leaves, logouts, presence events) the
+    /// control log keeps for nodes that were reconnecting when they were published; also the
+    /// most a node holds while it cannot reach Redis.
     pub control_log_max: usize,
     /// How long an announcement that must be confirmed (joins, leaves, logouts) waits for
     /// Redis's answer before it counts as failed.

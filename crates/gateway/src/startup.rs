@@ -435,6 +435,7 @@ async fn redis_backends(
             node_id,
             ms(settings.presence.node_ttl_ms),
             ms(settings.presence.offline_grace_ms),
+            settings.redis.control_log_max,
         )),
         redis_pool: Some(pool),
     })

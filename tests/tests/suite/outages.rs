@@ -687,12 +687,69 @@ async fn a_join_announced_while_a_node_resubscribes_is_read_back_from_the_contro
         .await;
     assert_eq!(f["thread"]["id"], thread.to_string(), "{f}");
     assert!(c.node(1).state.metrics.control_replayed.get() >= 1);
+    assert_eq!(
+        c.node(1).state.metrics.control_lost.get(),
+        0,
+        "nothing was lost"
+    );
     wait_ready(&c, 1, 200, Duration::from_secs(15)).await;
     a.send_msg(thread, "a1", "welcome").await;
     let f = cw.recv_until(|f| f["type"] == "message").await;
     assert_eq!(
         (f["body"].as_str(), f["seq"].as_i64()),
         (Some("welcome"), Some(1))
+    );
+    c.stop().await;
+}
+
+/// Presence events published while another node's pub/sub connection is down (here: node 1's
+/// Redis connections cut) are read back from the control log once node 1 has resubscribed,
+/// like membership announcements: alice, connected there, hears that bob came online and then
+/// went offline, in that order. Pub/sub alone dropped both, and her view of bob stayed wrong
+/// until his next transition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_changes_while_a_node_resubscribes_are_read_back_from_the_control_log() {
+    let (_redis, proxy, c) = node1_behind_a_proxy(|s| {
+        s.redis.reconnect_max_ms = 300;
+        s.presence.offline_grace_ms = 100;
+    })
+    .await;
+    let (at, bob, bt, _thread) = alice_and_bob_in(&c, None).await;
+    let mut a = c.ws(1, &at).await;
+    let bob_is = |status: &'static str| {
+        let id = bob.id.to_string();
+        move |f: &serde_json::Value| {
+            f["type"] == "presence" && f["user_id"] == id.as_str() && f["status"] == status
+        }
+    };
+
+    proxy.cut();
+    wait_ready(&c, 1, 503, Duration::from_secs(10)).await;
+    let b = c.ws(0, &bt).await;
+    b.close().await;
+    // Node 0 settles bob's offline once the grace is over, while node 1 is still away.
+    let online = format!("/api/v1/presence?user_ids={}", bob.id);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (s, body) = c.http(0).get(&online, Some(&at)).await;
+        assert_eq!(s, 200, "{body}");
+        if body[0]["status"] == "offline" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "bob stayed {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let replayed = c.node(1).state.metrics.control_replayed.get();
+    proxy.restore();
+    a.recv_until_within(bob_is("online"), Duration::from_secs(15))
+        .await;
+    a.recv_until_within(bob_is("offline"), Duration::from_secs(5))
+        .await;
+    assert!(c.node(1).state.metrics.control_replayed.get() >= replayed + 2);
+    assert_eq!(
+        c.node(1).state.metrics.control_lost.get(),
+        0,
+        "nothing was lost"
     );
     c.stop().await;
 }

@@ -1,6 +1,7 @@
-//! The control log: every membership and session announcement is also appended to a Redis
-//! stream, so that a node which was re-subscribing when it was published (pub/sub keeps
-//! nothing) reads it back when its subscription is up again.
+//! The control log: every membership and session announcement (and every presence event, which
+//! the presence scripts append themselves) is also appended to a Redis stream, so that a node
+//! which was re-subscribing when it was published (pub/sub keeps nothing) reads it back when
+//! its subscription is up again.
 //!
 //! A logged announcement travels as the event's JSON with the stream entry id spliced in first:
 //! `{"log_id":"1700000000000-0","k":"joined",…}`. A node that knows nothing of the log (an older

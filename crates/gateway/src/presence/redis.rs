@@ -59,6 +59,9 @@ pub struct RedisPresence {
     ttl_ms: u64,
     grace_ms: u64,
     channel: String,
+    /// The control log stream every presence event is appended to (see `scripts.rs`), and
+    /// about how many entries it keeps.
+    log: (String, usize),
     parts: NodeKeyParts,
     scripts: Scripts,
     /// This node's live sessions.
@@ -100,8 +103,16 @@ fn vacated_list(vals: &[Value]) -> Vec<Vacated> {
 }
 
 impl RedisPresence {
-    /// Presence for node `node` over a connection shared from `pool`; events go to `keys.control_channel()`.
-    pub fn new(pool: Pool, keys: Keys, node: &str, node_ttl: Duration, grace: Duration) -> Self {
+    /// Presence for node `node` over a connection shared from `pool`; events go to
+    /// `keys.control_channel()`, logged in `keys.control_log()` (about `log_max` entries kept).
+    pub fn new(
+        pool: Pool,
+        keys: Keys,
+        node: &str,
+        node_ttl: Duration,
+        grace: Duration,
+        log_max: usize,
+    ) -> Self {
         let parts = NodeKeyParts {
             alive: split(keys.node_alive(MARK)),
             sessions: split(keys.node_sessions(MARK)),
@@ -109,6 +120,7 @@ impl RedisPresence {
         Self {
             redis: SharedRedis::new(pool),
             channel: keys.control_channel(),
+            log: (keys.control_log(), log_max.max(1)),
             keys,
             node: node.to_owned(),
             ttl_ms: millis(node_ttl).max(1),
@@ -155,11 +167,13 @@ impl RedisPresence {
             .key(self.keys.user_presence(user))
             .key(self.keys.presence_pending())
             .key(self.keys.nodes())
+            .key(&self.log.0)
             .arg(session.to_string())
             .arg(&self.node)
             .arg(user.to_string())
             .arg(&self.channel)
-            .arg(event.unwrap_or(""));
+            .arg(event.unwrap_or(""))
+            .arg(self.log.1);
         let v: i64 = inv.invoke_async(&mut conn).await.map_err(err)?;
         Ok(u64::try_from(v).ok().filter(|v| *v > 0))
     }
@@ -302,9 +316,11 @@ impl Presence for RedisPresence {
         let mut inv = self.scripts.announce.prepare_invoke();
         inv.key(self.keys.user_presence(user))
             .key(self.keys.user_sessions(user))
+            .key(&self.log.0)
             .arg(version)
             .arg(&self.channel)
-            .arg(event);
+            .arg(event)
+            .arg(self.log.1);
         let done: i64 = inv.invoke_async(&mut conn).await.map_err(err)?;
         Ok(done == 1)
     }
@@ -332,10 +348,12 @@ impl Presence for RedisPresence {
         inv.key(self.keys.user_sessions(user))
             .key(self.keys.user_presence(user))
             .key(self.keys.presence_pending())
+            .key(&self.log.0)
             .arg(user.to_string())
             .arg(version)
             .arg(&self.channel)
-            .arg(event.unwrap_or(""));
+            .arg(event.unwrap_or(""))
+            .arg(self.log.1);
         let r: i64 = inv.invoke_async(&mut conn).await.map_err(err)?;
         Ok(match r {
             0 => Settled::Offline,

@@ -6,6 +6,12 @@
 //! `v` (version, bumped by every 0↔1 change) and `ls` (last seen, ms); `presence_pending` zset
 //! user → when the offline event is due (ms); `nodes` zset node → last heartbeat (ms);
 //! `node:{node}:alive` heartbeat string with a TTL; `node:{node}:sessions` hash session → user.
+//!
+//! A presence event is published the way every control announcement is (see the broker's
+//! `control_log`): appended to the control log stream and published with the entry's id
+//! spliced in, in the same atomic step. A node whose pub/sub connection was down when the
+//! event went out reads it back from the log once it has resubscribed; without that, its
+//! sessions kept showing the user in the state before, until the user's next transition.
 
 /// Current time in milliseconds, from Redis.
 macro_rules! now_ms {
@@ -14,13 +20,27 @@ macro_rules! now_ms {
     };
 }
 
-/// KEYS: user sessions, node sessions, user meta, pending, nodes.
-/// ARGV: session, node, user, channel, online event ('' = none).
+/// Append `ev` to the control log `stream` (about `max` entries kept) and publish it on
+/// `channel` with the entry id spliced in first: `{"log_id":"<id>",…}`.
+macro_rules! log_and_publish {
+    () => {
+        r#"
+local function log_and_publish(stream, max, channel, ev)
+  local id = redis.call('XADD', stream, 'MAXLEN', '~', max, '*', 'p', ev)
+  redis.call('PUBLISH', channel, '{"log_id":"' .. id .. '",' .. string.sub(ev, 2))
+end
+"#
+    };
+}
+
+/// KEYS: user sessions, node sessions, user meta, pending, nodes, control log.
+/// ARGV: session, node, user, channel, online event ('' = none), control log length.
 /// Returns the new version (> 0) when the user came online and an online event is due (and
 /// publishes the event given, in the same atomic step); its negation when they came back within
 /// the grace period (no event); 0 when nothing changed.
 pub const OPEN: &str = concat!(
     now_ms!(),
+    log_and_publish!(),
     r"
 redis.call('ZADD', KEYS[5], 'NX', now, ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
@@ -34,25 +54,29 @@ if due and tonumber(due) > now then
   return -v
 end
 if ARGV[5] ~= '' then
-  redis.call('PUBLISH', ARGV[4], ARGV[5])
+  log_and_publish(KEYS[6], ARGV[6], ARGV[4], ARGV[5])
 end
 return v
 "
 );
 
-/// KEYS: user meta, user sessions. ARGV: version, channel, payload.
+/// KEYS: user meta, user sessions, control log. ARGV: version, channel, payload, control log
+/// length.
 /// Publishes the online event if the user is online and unchanged since `version` (for
 /// transitions found by a resync; a session's own open publishes with `OPEN`).
-pub const ANNOUNCE: &str = r"
+pub const ANNOUNCE: &str = concat!(
+    log_and_publish!(),
+    r"
 if tonumber(redis.call('HGET', KEYS[1], 'v') or '0') ~= tonumber(ARGV[1]) then
   return 0
 end
 if redis.call('HLEN', KEYS[2]) == 0 then
   return 0
 end
-redis.call('PUBLISH', ARGV[2], ARGV[3])
+log_and_publish(KEYS[3], ARGV[4], ARGV[2], ARGV[3])
 return 1
-";
+"
+);
 
 /// KEYS: user sessions, node sessions, user meta, pending. ARGV: session, user, grace (ms).
 /// Returns `{version, now}` when that was the user's last session (offline pending), else
@@ -71,10 +95,12 @@ return {v, now}
 "
 );
 
-/// KEYS: user sessions, user meta, pending. ARGV: user, version, channel, payload ('' = none).
+/// KEYS: user sessions, user meta, pending, control log.
+/// ARGV: user, version, channel, payload ('' = none), control log length.
 /// Returns 0 when settled (and published), > 0 the milliseconds until due, -1 when moot.
 pub const SETTLE: &str = concat!(
     now_ms!(),
+    log_and_publish!(),
     r"
 if redis.call('HLEN', KEYS[1]) > 0 then
   return -1
@@ -91,7 +117,7 @@ if tonumber(due) > now then
 end
 redis.call('ZREM', KEYS[3], ARGV[1])
 if ARGV[4] ~= '' then
-  redis.call('PUBLISH', ARGV[3], ARGV[4])
+  log_and_publish(KEYS[4], ARGV[5], ARGV[3], ARGV[4])
 end
 return 0
 "
