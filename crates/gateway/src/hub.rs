@@ -747,6 +747,13 @@ impl Inbound for Hub {
             tokio::spawn(async move { hub.sweep().await });
         }
     }
+
+    fn on_control_lost(&self) {
+        // A lost leave or logout would keep delivering to someone who must not read the
+        // thread any more; a lost join keeps a member deaf to it. A session opened again reads
+        // its threads from the database, so every session here resumes elsewhere or here.
+        self.close_all(CloseReason::ServiceRestart);
+    }
 }
 
 fn handles_of(g: &Inner, user: UserId) -> Vec<SessionHandle> {

@@ -45,6 +45,8 @@ pub struct Metrics {
     pub pubsub_stalls: IntCounter,
     /// Control announcements read back from the control log after a pub/sub reconnect.
     pub control_replayed: IntCounter,
+    /// Pub/sub reconnects after which the control log no longer held everything missed.
+    pub control_lost: IntCounter,
     /// Publishes that failed (retried in the background, repaired by sweeps).
     pub publish_failures: IntCounter,
     /// Gap repairs from the database (node-side and per-session).
@@ -166,6 +168,10 @@ impl Metrics {
                 "confab_control_replayed_total",
                 "Control announcements read back from the control log after a pub/sub reconnect",
             )),
+            control_lost: must(IntCounter::new(
+                "confab_control_lost_total",
+                "Pub/sub reconnects after which the control log no longer held every announcement missed (sessions restarted)",
+            )),
             publish_failures: must(IntCounter::new(
                 "confab_publish_failures_total",
                 "Failed publishes (retried and repaired)",
@@ -242,6 +248,7 @@ impl Metrics {
         must(r.register(Box::new(self.pubsub_reconnects.clone())));
         must(r.register(Box::new(self.pubsub_stalls.clone())));
         must(r.register(Box::new(self.control_replayed.clone())));
+        must(r.register(Box::new(self.control_lost.clone())));
         must(r.register(Box::new(self.publish_failures.clone())));
         must(r.register(Box::new(self.gap_repairs.clone())));
         must(r.register(Box::new(self.slow_consumer_disconnects.clone())));

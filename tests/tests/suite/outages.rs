@@ -754,6 +754,47 @@ async fn presence_changes_while_a_node_resubscribes_are_read_back_from_the_contr
     c.stop().await;
 }
 
+/// A node away for longer than the control log keeps (here `redis.control_log_max` = 2, and
+/// Redis keeping one entry per stream node, so that trimming is exact) cannot read back what
+/// it missed — a leave among it would leave the leaver's sessions there in the thread. It
+/// notices that the log was trimmed past the last announcement it handled and closes its
+/// sessions with 1012: they reconnect and read their threads from the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_away_for_longer_than_the_control_log_keeps_restarts_its_sessions() {
+    let (redis, proxy, c) = node1_behind_a_proxy(|s| {
+        s.redis.reconnect_max_ms = 300;
+        s.redis.control_log_max = 2;
+    })
+    .await;
+    let client = redis::Client::open(redis.url()).unwrap_or_else(|e| panic!("{e}"));
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("stream-node-max-entries")
+        .arg(1)
+        .query_async(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (at, _bob, bt, _thread) = alice_and_bob_in(&c, Some("heard live")).await;
+    let (carol, _ct) = c.user("carol").await;
+    let mut a = c.ws(1, &at).await;
+
+    proxy.cut();
+    wait_ready(&c, 1, 503, Duration::from_secs(10)).await;
+    for i in 0..5 {
+        c.http(0)
+            .create_thread(&bt, &[&carol], Some(&format!("missed {i}")))
+            .await;
+    }
+    proxy.restore();
+    assert_eq!(a.expect_close(Duration::from_secs(15)).await, Some(1012));
+    assert_eq!(c.node(1).state.metrics.control_lost.get(), 1);
+    c.stop().await;
+}
+
 /// A leave whose announcement Redis does not confirm in time (here: the requests of node 0,
 /// which makes the leave, are held back) is refused with 503 — and since the held announcement
 /// may still go out, a resync is queued behind it: once Redis takes both, the nodes stop

@@ -61,6 +61,10 @@ pub trait Inbound: Send + Sync + 'static {
     /// The broker (re)connected and every subscription is back: look for gaps now, since
     /// anything published while it was away was lost by pub/sub.
     fn on_resubscribed(&self);
+    /// Control announcements published while the broker was away are lost for good (the
+    /// control log was trimmed past them): what local sessions were told about memberships,
+    /// logouts and presence may be out of date, and only starting over corrects it.
+    fn on_control_lost(&self);
 }
 
 /// Publish and subscribe on named channels.

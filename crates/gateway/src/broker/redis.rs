@@ -10,7 +10,8 @@ use crate::redis_shared::SharedRedis;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use rand::Rng;
-use std::collections::HashSet;
+use redis::FromRedisValue;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -423,6 +424,7 @@ impl Reader {
             tracing::warn!("control log not read: no Redis connection");
             return;
         };
+        let lost = self.log_trimmed_past((ms, seq), &mut conn).await;
         let mut after = format!("{ms}-{seq}");
         loop {
             // Entries as `[id, [field, value, …]]`; the event is the value of field `p`.
@@ -442,7 +444,7 @@ impl Reader {
                 }
             };
             if entries.is_empty() {
-                return;
+                break;
             }
             for (id, fields) in entries {
                 let event = fields
@@ -459,6 +461,43 @@ impl Reader {
                     inbound.on_message(&self.opts.control_channel, p);
                 }
             }
+        }
+        if lost {
+            self.metrics.control_lost.inc();
+            tracing::warn!(
+                max = self.opts.control_log_max,
+                "the control log was trimmed past what this node missed; restarting its sessions"
+            );
+            inbound.on_control_lost();
+        }
+    }
+
+    /// Whether the control log has lost entries logged after `last` (the last one this node
+    /// handled, or Redis's clock when it first subscribed): the oldest entry kept is newer
+    /// than `last`, and the log has been trimmed at all. A log that Redis lost in a restart
+    /// and that has not been trimmed since holds everything announced after the restart —
+    /// before it, nothing was logged that this node could have read.
+    async fn log_trimmed_past(
+        &self,
+        last: (u64, u64),
+        conn: &mut deadpool_redis::Connection,
+    ) -> bool {
+        let info: redis::RedisResult<HashMap<String, redis::Value>> = redis::cmd("XINFO")
+            .arg("STREAM")
+            .arg(&self.opts.control_log)
+            .query_async(&mut **conn)
+            .await;
+        let Ok(info) = info else {
+            return false; // no log (nothing announced since Redis started), or a Redis without it
+        };
+        let number = |k: &str| info.get(k).and_then(|v| u64::from_redis_value(v).ok());
+        let oldest = info
+            .get("recorded-first-entry-id")
+            .and_then(|v| String::from_redis_value(v).ok())
+            .and_then(|id| control_log::parse_id(&id));
+        match (oldest, number("entries-added"), number("length")) {
+            (Some(oldest), Some(added), Some(length)) => oldest > last && added > length,
+            _ => false,
         }
     }
 
