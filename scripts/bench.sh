@@ -299,6 +299,10 @@ for rate in $EMBEDDED_RATES; do
     --rate "$rate" --warmup "$WARM" --duration "$DUR" --drain 5 --drain-max 30 \
     --label "embedded-$rate"
 done
+# History paging on the node's own SQLite file (the messages inserted beside the running node).
+log "embedded history ($HIST_N messages)"
+run "$BENCH" history --node "$E0" --db-url "sqlite://$dir/embedded/data/confab.db" \
+  --messages "$HIST_N" --requests 2000 --label embedded-history
 stop_nodes
 
 # ---------- the report ----------

@@ -1,7 +1,8 @@
 //! `history`: the latency of a page of history from a thread holding a very large number of
 //! messages. The thread is created through the API; its messages are inserted straight into the
-//! benchmark database with `generate_series` (sending a million messages would measure the send
-//! path, not paging). Then pages are fetched one at a time over HTTP
+//! benchmark database with one `INSERT … SELECT` (`generate_series` on Postgres, a recursive
+//! count on the embedded node's SQLite file): sending a million messages would measure the send
+//! path, not paging. Then pages are fetched one at a time over HTTP
 //! (`GET /api/v1/threads/{id}/messages`): the newest page, and pages at random points.
 
 use crate::fleet::{Api, Fleet, FleetSpec};
@@ -19,7 +20,8 @@ use std::time::{Duration, Instant};
 pub struct HistoryConfig {
     /// The node to page through.
     pub node: Node,
-    /// The node's database (loopback only), where the messages are inserted.
+    /// The node's database, where the messages are inserted: Postgres on a loopback address,
+    /// or the embedded node's SQLite file (`sqlite://…/confab.db`).
     pub db_url: String,
     /// Messages in the thread.
     pub messages: u64,
@@ -76,7 +78,9 @@ impl HistoryReport {
 
 /// Run the history scenario.
 pub async fn run(cfg: &HistoryConfig) -> Result<HistoryReport> {
-    require_loopback(&cfg.db_url)?;
+    if !is_sqlite(&cfg.db_url) {
+        require_loopback(&cfg.db_url)?;
+    }
     if cfg.messages == 0 || cfg.messages > crate::bounds::MAX_HISTORY_MESSAGES {
         return Err(BenchError::Invalid(format!(
             "messages must be 1 to {}",
@@ -174,6 +178,11 @@ async fn fetch(client: &reqwest::Client, url: &str, token: &str) -> Result<Histo
     serde_json::from_slice(&bytes).map_err(|e| BenchError::Http(format!("GET {url}: {e}")))
 }
 
+/// Whether the database is a SQLite file (the embedded node's): a local file, no network.
+fn is_sqlite(url: &str) -> bool {
+    url.starts_with("sqlite:")
+}
+
 /// Insert `n` messages into `thread` as `sender`, newest last, and move the thread's head.
 async fn fill(
     db_url: &str,
@@ -185,7 +194,27 @@ async fn fill(
         .await
         .map_err(|e| BenchError::Db(e.to_string()))?;
     // Ids are UUIDs we parsed ourselves and `n` is an integer: nothing here comes from text.
-    let statements = [
+    let statements = if is_sqlite(db_url) {
+        sqlite_fill(thread, sender, n)
+    } else {
+        postgres_fill(thread, sender, n)
+    };
+    for s in statements {
+        db.execute_unprepared(&s)
+            .await
+            .map_err(|e| BenchError::Db(e.to_string()))?;
+    }
+    let _ = db.close().await;
+    Ok(())
+}
+
+/// The statements that fill a thread on Postgres.
+fn postgres_fill(
+    thread: confab_protocol::ThreadId,
+    sender: confab_protocol::UserId,
+    n: u64,
+) -> [String; 3] {
+    [
         format!(
             "INSERT INTO messages (id, thread_id, seq, sender_id, client_msg_id, body, created_at) \
              SELECT gen_random_uuid(), '{thread}'::uuid, g, '{sender}'::uuid, 'h' || g, \
@@ -196,12 +225,32 @@ async fn fill(
             "UPDATE threads SET last_seq = {n}, last_activity_at = now() WHERE id = '{thread}'::uuid"
         ),
         "ANALYZE messages".to_owned(),
-    ];
-    for s in statements {
-        db.execute_unprepared(&s)
-            .await
-            .map_err(|e| BenchError::Db(e.to_string()))?;
-    }
-    let _ = db.close().await;
-    Ok(())
+    ]
+}
+
+/// The statements that fill a thread in the embedded node's SQLite file, stored as the node
+/// stores its own: ids as 16-byte blobs, times as RFC 3339 text in UTC.
+fn sqlite_fill(
+    thread: confab_protocol::ThreadId,
+    sender: confab_protocol::UserId,
+    n: u64,
+) -> [String; 3] {
+    let hex = |id: String| id.replace('-', "");
+    let (thread, sender) = (hex(thread.to_string()), hex(sender.to_string()));
+    [
+        format!(
+            "WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < {n}) \
+             INSERT INTO messages (id, thread_id, seq, sender_id, client_msg_id, body, created_at) \
+             SELECT randomblob(16), X'{thread}', n, X'{sender}', 'h' || n, 'history message ' || n, \
+                    strftime('%Y-%m-%dT%H:%M:%f', 'now', '-' || (({n} - n) / 1000.0) || ' seconds') \
+                    || '+00:00' \
+             FROM g"
+        ),
+        format!(
+            "UPDATE threads SET last_seq = {n}, \
+             last_activity_at = strftime('%Y-%m-%dT%H:%M:%f', 'now') || '+00:00' \
+             WHERE id = X'{thread}'"
+        ),
+        "ANALYZE".to_owned(),
+    ]
 }

@@ -38,6 +38,8 @@ pub struct Results {
     pub embedded_fanout: Vec<FanoutReport>,
     /// Idle runs against the embedded single node.
     pub embedded_idle: Vec<IdleReport>,
+    /// History runs against the embedded single node.
+    pub embedded_history: Vec<HistoryReport>,
 }
 
 impl Results {
@@ -89,7 +91,11 @@ impl Results {
                 }
                 "history" => {
                     if let Ok(x) = serde_json::from_value(v) {
-                        r.history.push(x);
+                        if label.starts_with(EMBEDDED) {
+                            r.embedded_history.push(x);
+                        } else {
+                            r.history.push(x);
+                        }
                     }
                 }
                 _ => {}
@@ -192,7 +198,7 @@ pub const EMBEDDED: &str = "embedded";
 /// The embedded single node (`make run`): what one process on SQLite and in-process fan-out
 /// holds, for whoever tries Confab in one command.
 fn embedded_section(w: &mut String, r: &Results) {
-    if r.embedded_fanout.is_empty() && r.embedded_idle.is_empty() {
+    if r.embedded_fanout.is_empty() && r.embedded_idle.is_empty() && r.embedded_history.is_empty() {
         return;
     }
     let _ = writeln!(
@@ -208,6 +214,18 @@ fn embedded_section(w: &mut String, r: &Results) {
     }
     for i in &r.embedded_idle {
         let _ = writeln!(w, "\n{}", i.summary());
+    }
+    for h in &r.embedded_history {
+        let _ = writeln!(
+            w,
+            "\n{}\n\nNewest page p99 {:.2} ms; random older pages p99 {:.2} ms. The messages were \
+             inserted into the node's SQLite file (one recursive `INSERT … SELECT`, then \
+             `ANALYZE`) in {:.1} s, while the node ran.",
+            h.summary(),
+            h.newest_ms.p99,
+            h.random_ms.p99,
+            h.insert_s
+        );
     }
 }
 
@@ -1393,17 +1411,34 @@ mod tests {
             connections: 19_000,
             ..Default::default()
         };
+        let history = HistoryReport {
+            scenario: "history".into(),
+            label: "embedded-history".into(),
+            messages: 1_000_000,
+            page: 20,
+            requests: 2000,
+            all_ms: crate::stats::LatencyMs {
+                p99: 1.25,
+                ..crate::stats::LatencyMs::default()
+            },
+            ..HistoryReport::default()
+        };
         let lines = [
             serde_json::to_string(&fanout).unwrap_or_default(),
             serde_json::to_string(&idle).unwrap_or_default(),
+            serde_json::to_string(&history).unwrap_or_default(),
         ]
         .join("\n");
         let results = Results::parse(&lines);
         assert_eq!(
-            (results.embedded_fanout.len(), results.embedded_idle.len()),
-            (1, 1)
+            (
+                results.embedded_fanout.len(),
+                results.embedded_idle.len(),
+                results.embedded_history.len()
+            ),
+            (1, 1, 1)
         );
-        assert!(results.fanout.is_empty() && results.idle.is_empty());
+        assert!(results.fanout.is_empty() && results.idle.is_empty() && results.history.is_empty());
         let md = render(&results, &Inputs::default());
         let section = md
             .split("## The embedded single node")
@@ -1411,6 +1446,7 @@ mod tests {
             .unwrap_or_default();
         assert!(section.contains("| embedded-10000 |"), "{md}");
         assert!(section.contains("idle[embedded-idle]"), "{md}");
+        assert!(section.contains("history[embedded-history]"), "{md}");
         // The cluster's figures take nothing from it: an embedded run is no evidence for them.
         let figures = md.split("## Fan-out runs").next().unwrap_or_default();
         assert!(
@@ -1419,6 +1455,10 @@ mod tests {
         );
         assert!(!figures.contains("900,000"), "{figures}");
         assert!(section.contains("900,000"), "{section}");
+        assert!(
+            figures.contains("| history page of 20 | ≤ 5 ms p99 | not measured"),
+            "{figures}"
+        );
     }
 
     #[test]
