@@ -18,13 +18,30 @@
 use bytes::Bytes;
 use std::collections::{HashSet, VecDeque};
 
+/// The Lua function every logged announcement goes out through, here and in the presence
+/// scripts (which log their events in the same atomic step as the transition):
+/// `log_and_publish(stream, max, channel, ev)` appends `ev` to the log `stream` (trimmed to about
+/// `max` entries), publishes it on `channel` with the entry id spliced in first
+/// (`{"log_id":"<id>",…}`, what [`id_of`] reads back), and returns the id.
+macro_rules! log_and_publish_lua {
+    () => {
+        r#"
+local function log_and_publish(stream, max, channel, ev)
+  local id = redis.call('XADD', stream, 'MAXLEN', '~', max, '*', 'p', ev)
+  redis.call('PUBLISH', channel, '{"log_id":"' .. id .. '",' .. string.sub(ev, 2))
+  return id
+end
+"#
+    };
+}
+pub(crate) use log_and_publish_lua;
+
 /// Append to the log (trimmed to about `ARGV[3]` entries) and publish, in one step, so the two
 /// can never disagree. `KEYS[1]` the stream, `ARGV[1]` the channel, `ARGV[2]` the event's JSON.
-pub(super) const APPEND_AND_PUBLISH: &str = r#"
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'p', ARGV[2])
-redis.call('PUBLISH', ARGV[1], '{"log_id":"' .. id .. '",' .. string.sub(ARGV[2], 2))
-return id
-"#;
+pub(super) const APPEND_AND_PUBLISH: &str = concat!(
+    log_and_publish_lua!(),
+    "return log_and_publish(KEYS[1], ARGV[3], ARGV[1], ARGV[2])\n"
+);
 
 const PREFIX: &[u8] = br#"{"log_id":""#;
 

@@ -7,7 +7,7 @@
 //! synchronously (the hub issues them under its lock), so a subscribe can never overtake the
 //! unsubscribe that preceded it.
 
-mod control_log;
+pub(crate) mod control_log;
 mod memory;
 mod redis;
 

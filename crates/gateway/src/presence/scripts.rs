@@ -13,23 +13,12 @@
 //! event went out reads it back from the log once it has resubscribed; without that, its
 //! sessions kept showing the user in the state before, until the user's next transition.
 
+use crate::broker::control_log::log_and_publish_lua;
+
 /// Current time in milliseconds, from Redis.
 macro_rules! now_ms {
     () => {
         "local t = redis.call('TIME'); local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
-    };
-}
-
-/// Append `ev` to the control log `stream` (about `max` entries kept) and publish it on
-/// `channel` with the entry id spliced in first: `{"log_id":"<id>",…}`.
-macro_rules! log_and_publish {
-    () => {
-        r#"
-local function log_and_publish(stream, max, channel, ev)
-  local id = redis.call('XADD', stream, 'MAXLEN', '~', max, '*', 'p', ev)
-  redis.call('PUBLISH', channel, '{"log_id":"' .. id .. '",' .. string.sub(ev, 2))
-end
-"#
     };
 }
 
@@ -40,7 +29,7 @@ end
 /// the grace period (no event); 0 when nothing changed.
 pub const OPEN: &str = concat!(
     now_ms!(),
-    log_and_publish!(),
+    log_and_publish_lua!(),
     r"
 redis.call('ZADD', KEYS[5], 'NX', now, ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
@@ -65,7 +54,7 @@ return v
 /// Publishes the online event if the user is online and unchanged since `version` (for
 /// transitions found by a resync; a session's own open publishes with `OPEN`).
 pub const ANNOUNCE: &str = concat!(
-    log_and_publish!(),
+    log_and_publish_lua!(),
     r"
 if tonumber(redis.call('HGET', KEYS[1], 'v') or '0') ~= tonumber(ARGV[1]) then
   return 0
@@ -100,7 +89,7 @@ return {v, now}
 /// Returns 0 when settled (and published), > 0 the milliseconds until due, -1 when moot.
 pub const SETTLE: &str = concat!(
     now_ms!(),
-    log_and_publish!(),
+    log_and_publish_lua!(),
     r"
 if redis.call('HLEN', KEYS[1]) > 0 then
   return -1
