@@ -1,6 +1,7 @@
 //! Dependency outages: Redis down or silently stalled, Postgres unable to answer a session's
 //! start. Private Redis instances only — the shared servers are never touched.
 
+use crate::presence::{presence_of, query};
 use confab_tests::process::PrivateRedis;
 use confab_tests::proxy::Proxy;
 use confab_tests::{raw_upgrade, refused_upgrade};
@@ -716,22 +717,15 @@ async fn presence_changes_while_a_node_resubscribes_are_read_back_from_the_contr
     .await;
     let (at, bob, bt, _thread) = alice_and_bob_in(&c, None).await;
     let mut a = c.ws(1, &at).await;
-    let bob_is = |status: &'static str| {
-        let id = bob.id.to_string();
-        move |f: &serde_json::Value| {
-            f["type"] == "presence" && f["user_id"] == id.as_str() && f["status"] == status
-        }
-    };
 
     proxy.cut();
     wait_ready(&c, 1, 503, Duration::from_secs(10)).await;
     let b = c.ws(0, &bt).await;
     b.close().await;
     // Node 0 settles bob's offline once the grace is over, while node 1 is still away.
-    let online = format!("/api/v1/presence?user_ids={}", bob.id);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let (s, body) = c.http(0).get(&online, Some(&at)).await;
+        let (s, body) = query(&c.http(0), &at, &[&bob]).await;
         assert_eq!(s, 200, "{body}");
         if body[0]["status"] == "offline" {
             break;
@@ -741,9 +735,9 @@ async fn presence_changes_while_a_node_resubscribes_are_read_back_from_the_contr
     }
     let replayed = c.node(1).state.metrics.control_replayed.get();
     proxy.restore();
-    a.recv_until_within(bob_is("online"), Duration::from_secs(15))
+    a.recv_until_within(presence_of(&bob, "online"), Duration::from_secs(15))
         .await;
-    a.recv_until_within(bob_is("offline"), Duration::from_secs(5))
+    a.recv_until_within(presence_of(&bob, "offline"), Duration::from_secs(5))
         .await;
     assert!(c.node(1).state.metrics.control_replayed.get() >= replayed + 2);
     assert_eq!(

@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 /// A `presence` frame about `user` with `status`.
-fn presence_of(user: &UserRef, status: &'static str) -> impl Fn(&Value) -> bool {
+pub(crate) fn presence_of(user: &UserRef, status: &'static str) -> impl Fn(&Value) -> bool {
     let id = json!(user.id);
     move |f| f["type"] == "presence" && f["user_id"] == id && f["status"] == status
 }
@@ -29,7 +29,7 @@ fn last_seen(f: &Value) -> DateTime<Utc> {
 }
 
 /// `GET /api/v1/presence?user_ids=…` as `token`.
-async fn query(http: &Http, token: &str, users: &[&UserRef]) -> (u16, Value) {
+pub(crate) async fn query(http: &Http, token: &str, users: &[&UserRef]) -> (u16, Value) {
     let ids: Vec<String> = users.iter().map(|u| u.id.to_string()).collect();
     http.get(
         &format!("/api/v1/presence?user_ids={}", ids.join(",")),
