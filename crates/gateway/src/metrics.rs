@@ -47,6 +47,8 @@ pub struct Metrics {
     pub control_replayed: IntCounter,
     /// Pub/sub reconnects after which the control log no longer held everything missed.
     pub control_lost: IntCounter,
+    /// Pub/sub reconnects given up because the control log could not be read back (retried).
+    pub control_replay_failures: IntCounter,
     /// Publishes that failed (retried in the background, repaired by sweeps).
     pub publish_failures: IntCounter,
     /// Gap repairs from the database (node-side and per-session).
@@ -172,6 +174,10 @@ impl Metrics {
                 "confab_control_lost_total",
                 "Pub/sub reconnects after which the control log no longer held every announcement missed (sessions restarted)",
             )),
+            control_replay_failures: must(IntCounter::new(
+                "confab_control_replay_failures_total",
+                "Pub/sub reconnects dropped and retried because the control log could not be read back",
+            )),
             publish_failures: must(IntCounter::new(
                 "confab_publish_failures_total",
                 "Failed publishes (retried and repaired)",
@@ -249,6 +255,7 @@ impl Metrics {
         must(r.register(Box::new(self.pubsub_stalls.clone())));
         must(r.register(Box::new(self.control_replayed.clone())));
         must(r.register(Box::new(self.control_lost.clone())));
+        must(r.register(Box::new(self.control_replay_failures.clone())));
         must(r.register(Box::new(self.publish_failures.clone())));
         must(r.register(Box::new(self.gap_repairs.clone())));
         must(r.register(Box::new(self.slow_consumer_disconnects.clone())));

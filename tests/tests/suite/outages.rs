@@ -703,6 +703,62 @@ async fn a_join_announced_while_a_node_resubscribes_is_read_back_from_the_contro
     c.stop().await;
 }
 
+/// A node that resubscribes but cannot read the control log back (here: the private Redis
+/// refuses `XRANGE` for a while, by ACL) does not carry on as if it had: it stays unready and
+/// tries again with a fresh connection until the read succeeds, and only then delivers the
+/// join it missed. Carrying on skipped the missed announcements for good — a leave among them
+/// would have left the leaver's sessions there in the thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_cannot_read_the_control_log_back_retries_until_it_can() {
+    let (redis, proxy, c) = node1_behind_a_proxy(|s| s.redis.reconnect_max_ms = 300).await;
+    let client = redis::Client::open(redis.url()).unwrap_or_else(|e| panic!("{e}"));
+    let admin = client
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (at, _bob, _bt, thread) = alice_and_bob_in(&c, Some("read back late")).await;
+    let (carol, ct) = c.user("carol").await;
+    let mut cw = c.ws(1, &ct).await;
+
+    proxy.cut();
+    wait_ready(&c, 1, 503, Duration::from_secs(10)).await;
+    let (s, body) = c
+        .http(0)
+        .post(
+            &format!("/api/v1/threads/{thread}/members"),
+            Some(&at),
+            serde_json::json!({"user_ids": [carol.id.to_string()]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let acl = |rule: &'static str| {
+        let mut admin = admin.clone();
+        async move {
+            let _: () = redis::cmd("ACL")
+                .arg("SETUSER")
+                .arg("default")
+                .arg(rule)
+                .query_async(&mut admin)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+    };
+    acl("-xrange").await;
+    proxy.restore();
+    let failures = &c.node(1).state.metrics.control_replay_failures;
+    wait_for("node 1 to try the read back", || failures.get() >= 2).await;
+    let (s, _) = c.http(1).get("/readyz", None).await;
+    assert_eq!(s, 503, "unready while what it missed is unread");
+    acl("+xrange").await;
+    let f = cw
+        .recv_until_within(|f| f["type"] == "thread_created", Duration::from_secs(15))
+        .await;
+    assert_eq!(f["thread"]["id"], thread.to_string(), "{f}");
+    assert_eq!(c.node(1).state.metrics.control_lost.get(), 0);
+    wait_ready(&c, 1, 200, Duration::from_secs(15)).await;
+    c.stop().await;
+}
+
 /// Presence events published while another node's pub/sub connection is down (here: node 1's
 /// Redis connections cut) are read back from the control log once node 1 has resubscribed,
 /// like membership announcements: alice, connected there, hears that bob came online and then

@@ -134,6 +134,7 @@ impl RedisBroker {
             cancel: cancel.clone(),
             control_last: None,
             control_seen: control_log::RecentIds::new(opts.control_log_max),
+            control_gap: false,
         };
         let (ready_tx, ready_rx) = oneshot::channel();
         tokio::spawn(reader.run(Some(first), ready_tx));
@@ -298,6 +299,9 @@ struct Reader {
     control_last: Option<(u64, u64)>,
     /// The event ids of the control announcements handled lately (see `control_log`).
     control_seen: control_log::RecentIds,
+    /// The control log was found trimmed past `control_last`, and the replay that found it
+    /// has not reached the log's end yet (see `replay_control_log`).
+    control_gap: bool,
 }
 
 enum Ended {
@@ -362,17 +366,37 @@ impl Reader {
                 }
                 continue;
             }
+            if ready.is_some() {
+                // Announcements from now on arrive live; older ones are not this node's. Without
+                // this mark a later reconnect would have nothing to read the log back from.
+                match self.redis_now().await {
+                    Some(now) => self.control_last = Some(now),
+                    None => ok = false,
+                }
+            } else if let Err(e) = self.replay_control_log().await {
+                // What was announced while this node was not subscribed must be handled before
+                // anything new: carrying on would skip it for good (the live announcements that
+                // follow move the mark past it), leaving a leaver's or a logged-out user's
+                // sessions here in their threads. Try again with a fresh connection.
+                tracing::warn!(error = %e, "control log not read back; reconnecting");
+                self.metrics.control_replay_failures.inc();
+                ok = false;
+            }
+            if !ok {
+                self.healthy.store(false, Ordering::Relaxed);
+                attempt = attempt.saturating_add(1);
+                if !self.backoff(attempt).await {
+                    return;
+                }
+                continue;
+            }
             self.metrics.subscriptions.set(self.wanted.len() as i64);
             self.healthy.store(true, Ordering::Relaxed);
             if let Some(r) = ready.take() {
-                // Announcements from now on arrive live; older ones are not this node's.
-                self.control_last = self.redis_now().await;
                 let _ = r.send(());
             } else {
                 self.metrics.pubsub_reconnects.inc();
                 tracing::info!(channels = all.len(), "pub/sub reconnected and resubscribed");
-                // What was announced while this node was not subscribed, before anything new.
-                self.replay_control_log().await;
             }
             if let Some(inbound) = self.inbound.upgrade() {
                 inbound.on_resubscribed();
@@ -413,36 +437,36 @@ impl Reader {
     }
 
     /// Hand the inbound, in order, the control announcements logged after the last one handled.
-    async fn replay_control_log(&mut self) {
+    /// An error means the log could not be read to its end; what was handed over stays handled
+    /// (the mark moved past it), so a retry reads on from there.
+    async fn replay_control_log(&mut self) -> Result<(), BrokerError> {
         let Some((ms, seq)) = self.control_last else {
-            return;
+            return Ok(());
         };
         let Some(inbound) = self.inbound.upgrade() else {
-            return;
+            return Ok(());
         };
-        let Ok(mut conn) = self.pool.get().await else {
-            tracing::warn!("control log not read: no Redis connection");
-            return;
-        };
-        let lost = self.log_trimmed_past((ms, seq), &mut conn).await;
+        let mut conn = tokio::time::timeout(COMMAND_TIMEOUT, self.pool.get())
+            .await
+            .map_err(|_| BrokerError("no Redis connection in time".into()))?
+            .map_err(|e| BrokerError(e.to_string()))?;
+        // Kept across a failed replay: the entries read before it move the mark past the
+        // trimmed stretch, and the retry could no longer tell.
+        self.control_gap |= self.log_trimmed_past((ms, seq), &mut conn).await?;
         let mut after = format!("{ms}-{seq}");
         loop {
             // Entries as `[id, [field, value, …]]`; the event is the value of field `p`.
-            let read: redis::RedisResult<Vec<(String, Vec<Vec<u8>>)>> = redis::cmd("XRANGE")
-                .arg(&self.opts.control_log)
+            let mut cmd = redis::cmd("XRANGE");
+            cmd.arg(&self.opts.control_log)
                 .arg(format!("({after}"))
                 .arg("+")
                 .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut *conn)
-                .await;
-            let entries = match read {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::warn!(error = %e, "control log not read");
-                    return;
-                }
-            };
+                .arg(1000);
+            let read = cmd.query_async::<Vec<(String, Vec<Vec<u8>>)>>(&mut *conn);
+            let entries = tokio::time::timeout(COMMAND_TIMEOUT, read)
+                .await
+                .map_err(|_| BrokerError("control log read timed out".into()))?
+                .map_err(broker_error)?;
             if entries.is_empty() {
                 break;
             }
@@ -462,7 +486,7 @@ impl Reader {
                 }
             }
         }
-        if lost {
+        if std::mem::take(&mut self.control_gap) {
             self.metrics.control_lost.inc();
             tracing::warn!(
                 max = self.opts.control_log_max,
@@ -470,6 +494,7 @@ impl Reader {
             );
             inbound.on_control_lost();
         }
+        Ok(())
     }
 
     /// Whether the control log has lost entries logged after `last` (the last one this node
@@ -481,24 +506,27 @@ impl Reader {
         &self,
         last: (u64, u64),
         conn: &mut deadpool_redis::Connection,
-    ) -> bool {
-        let info: redis::RedisResult<HashMap<String, redis::Value>> = redis::cmd("XINFO")
-            .arg("STREAM")
-            .arg(&self.opts.control_log)
-            .query_async(&mut **conn)
-            .await;
+    ) -> Result<bool, BrokerError> {
+        let mut cmd = redis::cmd("XINFO");
+        cmd.arg("STREAM").arg(&self.opts.control_log);
+        let info = tokio::time::timeout(
+            COMMAND_TIMEOUT,
+            cmd.query_async::<HashMap<String, redis::Value>>(&mut **conn),
+        )
+        .await
+        .map_err(|_| BrokerError("control log inspection timed out".into()))?;
         let Ok(info) = info else {
-            return false; // no log (nothing announced since Redis started), or a Redis without it
+            return Ok(false); // no log (nothing announced since Redis started), or a Redis without it
         };
         let number = |k: &str| info.get(k).and_then(|v| u64::from_redis_value(v).ok());
         let oldest = info
             .get("recorded-first-entry-id")
             .and_then(|v| String::from_redis_value(v).ok())
             .and_then(|id| control_log::parse_id(&id));
-        match (oldest, number("entries-added"), number("length")) {
+        Ok(match (oldest, number("entries-added"), number("length")) {
             (Some(oldest), Some(added), Some(length)) => oldest > last && added > length,
             _ => false,
-        }
+        })
     }
 
     /// Sleep with exponential backoff and full jitter, still taking subscription commands (so
