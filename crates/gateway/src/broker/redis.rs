@@ -371,7 +371,10 @@ impl Reader {
                 // this mark a later reconnect would have nothing to read the log back from.
                 match self.redis_now().await {
                     Some(now) => self.control_last = Some(now),
-                    None => ok = false,
+                    None => {
+                        tracing::warn!("Redis's clock not read (TIME); reconnecting");
+                        ok = false;
+                    }
                 }
             } else if let Err(e) = self.replay_control_log().await {
                 // What was announced while this node was not subscribed must be handled before
@@ -431,9 +434,16 @@ impl Reader {
 
     /// Redis's clock as a log id: every entry appended from now on is above it.
     async fn redis_now(&self) -> Option<(u64, u64)> {
-        let mut conn = self.pool.get().await.ok()?;
-        let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut *conn).await.ok()?;
-        Some((secs * 1000 + micros / 1000, 0))
+        let read = async {
+            let mut conn = self.pool.get().await.ok()?;
+            let (secs, micros): (u64, u64) =
+                redis::cmd("TIME").query_async(&mut *conn).await.ok()?;
+            Some((secs * 1000 + micros / 1000, 0))
+        };
+        tokio::time::timeout(COMMAND_TIMEOUT, read)
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Hand the inbound, in order, the control announcements logged after the last one handled.
