@@ -659,6 +659,36 @@ async fn a_join_announced_while_its_node_cannot_reach_redis_arrives_once_it_can(
     c.stop().await;
 }
 
+/// Cut node 1 off Redis, wait until it says so, and add `user` to `thread` through node 0
+/// (as `token`, a member): the join is announced while node 1 cannot hear it.
+async fn add_while_node1_is_cut(
+    c: &Cluster,
+    proxy: &Proxy,
+    token: &str,
+    thread: confab_protocol::ThreadId,
+    user: &confab_protocol::UserRef,
+) {
+    proxy.cut();
+    wait_ready(c, 1, 503, Duration::from_secs(10)).await;
+    let (s, body) = c
+        .http(0)
+        .post(
+            &format!("/api/v1/threads/{thread}/members"),
+            Some(token),
+            serde_json::json!({"user_ids": [user.id.to_string()]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+}
+
+/// The new member's session hears that it is in `thread` now.
+async fn hears_thread_created(ws: &mut confab_tests::Ws, thread: confab_protocol::ThreadId) {
+    let f = ws
+        .recv_until_within(|f| f["type"] == "thread_created", Duration::from_secs(15))
+        .await;
+    assert_eq!(f["thread"]["id"], thread.to_string(), "{f}");
+}
+
 /// A join announced while another node's pub/sub connection is down (here: node 1's Redis
 /// connections cut) is not delivered there by pub/sub, which keeps nothing. Node 1 reads it
 /// back from the control log once its subscription is up again, and the new member's open
@@ -671,22 +701,9 @@ async fn a_join_announced_while_a_node_resubscribes_is_read_back_from_the_contro
     let mut a = c.ws(0, &at).await;
     let mut cw = c.ws(1, &ct).await;
 
-    proxy.cut();
-    wait_ready(&c, 1, 503, Duration::from_secs(10)).await;
-    let (s, body) = c
-        .http(0)
-        .post(
-            &format!("/api/v1/threads/{thread}/members"),
-            Some(&at),
-            serde_json::json!({"user_ids": [carol.id.to_string()]}),
-        )
-        .await;
-    assert_eq!(s, 200, "{body}");
+    add_while_node1_is_cut(&c, &proxy, &at, thread, &carol).await;
     proxy.restore();
-    let f = cw
-        .recv_until_within(|f| f["type"] == "thread_created", Duration::from_secs(15))
-        .await;
-    assert_eq!(f["thread"]["id"], thread.to_string(), "{f}");
+    hears_thread_created(&mut cw, thread).await;
     assert!(c.node(1).state.metrics.control_replayed.get() >= 1);
     assert_eq!(
         c.node(1).state.metrics.control_lost.get(),
@@ -720,17 +737,7 @@ async fn a_node_that_cannot_read_the_control_log_back_retries_until_it_can() {
     let (carol, ct) = c.user("carol").await;
     let mut cw = c.ws(1, &ct).await;
 
-    proxy.cut();
-    wait_ready(&c, 1, 503, Duration::from_secs(10)).await;
-    let (s, body) = c
-        .http(0)
-        .post(
-            &format!("/api/v1/threads/{thread}/members"),
-            Some(&at),
-            serde_json::json!({"user_ids": [carol.id.to_string()]}),
-        )
-        .await;
-    assert_eq!(s, 200, "{body}");
+    add_while_node1_is_cut(&c, &proxy, &at, thread, &carol).await;
     let acl = |rule: &'static str| {
         let mut admin = admin.clone();
         async move {
@@ -750,10 +757,7 @@ async fn a_node_that_cannot_read_the_control_log_back_retries_until_it_can() {
     let (s, _) = c.http(1).get("/readyz", None).await;
     assert_eq!(s, 503, "unready while what it missed is unread");
     acl("+xrange").await;
-    let f = cw
-        .recv_until_within(|f| f["type"] == "thread_created", Duration::from_secs(15))
-        .await;
-    assert_eq!(f["thread"]["id"], thread.to_string(), "{f}");
+    hears_thread_created(&mut cw, thread).await;
     assert_eq!(c.node(1).state.metrics.control_lost.get(), 0);
     wait_ready(&c, 1, 200, Duration::from_secs(15)).await;
     c.stop().await;
