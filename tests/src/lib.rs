@@ -42,6 +42,16 @@ pub fn redis_url() -> String {
     std::env::var("CONFAB_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
+/// A connection of the test's own to the Redis at `url`, to look at or change what the nodes
+/// see behind their back.
+pub async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// Replace the database name of a Postgres URL.
 pub fn with_db(url: &str, db: &str) -> String {
     let (base, query) = match url.split_once('?') {

@@ -22,11 +22,7 @@ async fn a_stale_mirror_entry_never_lets_a_former_member_in() {
         .await;
     assert_eq!(s, 204);
     // Put the thread back into his mirror entry behind the gateway's back.
-    let client = redis::Client::open(confab_tests::redis_url()).unwrap_or_else(|e| panic!("{e}"));
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut conn = confab_tests::redis_conn(&confab_tests::redis_url()).await;
     let key = format!("{}:threads:{}", c.prefix, bob.id);
     let members: Vec<String> = redis::cmd("SMEMBERS")
         .arg(&key)
@@ -58,11 +54,7 @@ async fn a_cold_mirror_falls_back_to_the_database() {
     let (_alice, at) = c.user("alice").await;
     let (bob, bt) = c.user("bob").await;
     let thread = c.http(0).create_thread(&at, &[&bob], None).await;
-    let client = redis::Client::open(confab_tests::redis_url()).unwrap_or_else(|e| panic!("{e}"));
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut conn = confab_tests::redis_conn(&confab_tests::redis_url()).await;
     // As after a Redis restart: the mirror holds nothing.
     let key = format!("{}:threads:{}", c.prefix, bob.id);
     let _: () = redis::cmd("DEL")

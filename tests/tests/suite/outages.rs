@@ -728,11 +728,7 @@ async fn a_join_announced_while_a_node_resubscribes_is_read_back_from_the_contro
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_cannot_read_the_control_log_back_retries_until_it_can() {
     let (redis, proxy, c) = node1_behind_a_proxy(|s| s.redis.reconnect_max_ms = 300).await;
-    let client = redis::Client::open(redis.url()).unwrap_or_else(|e| panic!("{e}"));
-    let admin = client
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let admin = confab_tests::redis_conn(&redis.url()).await;
     let (at, _bob, _bt, thread) = alice_and_bob_in(&c, Some("read back late")).await;
     let (carol, ct) = c.user("carol").await;
     let mut cw = c.ws(1, &ct).await;
@@ -820,11 +816,7 @@ async fn a_node_away_for_longer_than_the_control_log_keeps_restarts_its_sessions
         s.redis.control_log_max = 2;
     })
     .await;
-    let client = redis::Client::open(redis.url()).unwrap_or_else(|e| panic!("{e}"));
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut conn = confab_tests::redis_conn(&redis.url()).await;
     let _: () = redis::cmd("CONFIG")
         .arg("SET")
         .arg("stream-node-max-entries")
