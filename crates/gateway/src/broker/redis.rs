@@ -72,6 +72,14 @@ fn bounded(
     })
 }
 
+/// `step`, failing with [`BrokerError::timed_out`] past [`COMMAND_TIMEOUT`]: the reader's own
+/// commands, which must not hang it on a connection that stopped answering.
+async fn within<T>(step: impl std::future::Future<Output = T>) -> Result<T, BrokerError> {
+    tokio::time::timeout(COMMAND_TIMEOUT, step)
+        .await
+        .map_err(|_| BrokerError::timed_out())
+}
+
 /// Control-log entries read per round trip when looking one up.
 const LOG_PAGE: usize = 500;
 
@@ -440,10 +448,7 @@ impl Reader {
                 redis::cmd("TIME").query_async(&mut *conn).await.ok()?;
             Some((secs * 1000 + micros / 1000, 0))
         };
-        tokio::time::timeout(COMMAND_TIMEOUT, read)
-            .await
-            .ok()
-            .flatten()
+        within(read).await.ok().flatten()
     }
 
     /// Hand the inbound, in order, the control announcements logged after the last one handled.
@@ -456,9 +461,8 @@ impl Reader {
         let Some(inbound) = self.inbound.upgrade() else {
             return Ok(());
         };
-        let mut conn = tokio::time::timeout(COMMAND_TIMEOUT, self.pool.get())
-            .await
-            .map_err(|_| BrokerError("no Redis connection in time".into()))?
+        let mut conn = within(self.pool.get())
+            .await?
             .map_err(|e| BrokerError(e.to_string()))?;
         // Kept across a failed replay: the entries read before it move the mark past the
         // trimmed stretch, and the retry could no longer tell.
@@ -473,10 +477,7 @@ impl Reader {
                 .arg("COUNT")
                 .arg(1000);
             let read = cmd.query_async::<Vec<(String, Vec<Vec<u8>>)>>(&mut *conn);
-            let entries = tokio::time::timeout(COMMAND_TIMEOUT, read)
-                .await
-                .map_err(|_| BrokerError("control log read timed out".into()))?
-                .map_err(broker_error)?;
+            let entries = within(read).await?.map_err(broker_error)?;
             if entries.is_empty() {
                 break;
             }
@@ -519,12 +520,7 @@ impl Reader {
     ) -> Result<bool, BrokerError> {
         let mut cmd = redis::cmd("XINFO");
         cmd.arg("STREAM").arg(&self.opts.control_log);
-        let info = tokio::time::timeout(
-            COMMAND_TIMEOUT,
-            cmd.query_async::<HashMap<String, redis::Value>>(&mut **conn),
-        )
-        .await
-        .map_err(|_| BrokerError("control log inspection timed out".into()))?;
+        let info = within(cmd.query_async::<HashMap<String, redis::Value>>(&mut **conn)).await?;
         let Ok(info) = info else {
             return Ok(false); // no log (nothing announced since Redis started), or a Redis without it
         };
