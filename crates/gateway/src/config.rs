@@ -278,6 +278,11 @@ pub struct DeliverySettings {
     /// Deliveries waiting for one worker thread before the sessions that would add more are
     /// closed as slow consumers (the worker is not keeping up; they resume).
     pub worker_mailbox_max: usize,
+    /// Most messages one gap repair reads from the database at once; a longer gap is read in
+    /// pages of this size, one after the other.
+    pub repair_page_max: u64,
+    /// Gap repairs reading the database at once on a node; the others wait their turn.
+    pub repair_concurrency: usize,
 }
 
 /// Presence.

@@ -13,6 +13,7 @@
 //! sweep, heads are compared with the database and gaps repaired.
 
 use crate::broker::{Broker, Inbound};
+use crate::config::DeliverySettings;
 use crate::envelope::{ControlEvent, Envelope};
 use crate::keys::Keys;
 use crate::lookups::Lookups;
@@ -32,6 +33,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
 
 /// What the hub hands a session. Frames are shared (`ByteString` clones are reference counts):
 /// a message is serialized once per node, not once per recipient.
@@ -243,18 +245,22 @@ pub struct Hub {
     max_pending: usize,
     /// How long a gap may stay open before it is read from the database.
     gap_grace: Duration,
+    /// Most messages one repair reads (`delivery.repair_page_max`).
+    repair_page: u64,
+    /// Repairs reading the database at once (`delivery.repair_concurrency`).
+    repair_permits: Semaphore,
     me: Weak<Hub>,
 }
 
 impl Hub {
-    /// A hub with no broker yet (see [`Hub::set_broker`]).
+    /// A hub with no broker yet (see [`Hub::set_broker`]); `delivery` bounds what it holds
+    /// and how it repairs gaps.
     pub fn new(
         store: Store,
         lookups: Arc<Lookups>,
         keys: Keys,
         metrics: Metrics,
-        max_pending: usize,
-        gap_grace: Duration,
+        delivery: &DeliverySettings,
     ) -> Arc<Self> {
         Arc::new_cyclic(|me| Self {
             inner: Mutex::new(Inner::default()),
@@ -265,8 +271,10 @@ impl Hub {
             thread_prefix: keys.thread_channel_prefix(),
             keys,
             metrics,
-            max_pending,
-            gap_grace,
+            max_pending: delivery.max_pending_per_thread,
+            gap_grace: Duration::from_millis(delivery.gap_grace_ms),
+            repair_page: delivery.repair_page_max.max(1),
+            repair_permits: Semaphore::new(delivery.repair_concurrency.max(1)),
             me: me.clone(),
         })
     }
@@ -489,8 +497,16 @@ impl Hub {
         }
     }
 
-    /// Read `(after, before)` of a thread from the database and feed it through the same
-    /// ordering rule as live messages.
+    /// Go on reading a gap whose last page came back full, without the grace: what is left of
+    /// it is known to be missing.
+    fn spawn_next_page(&self, (t, after, before): Repair) {
+        if let Some(hub) = self.me.upgrade() {
+            tokio::spawn(async move { hub.read_gap(t, after, before).await });
+        }
+    }
+
+    /// Repair `(after, before)` of a thread: wait `delivery.gap_grace_ms` for out-of-order
+    /// publishes to close it, then read what is still missing (see [`Hub::read_gap`]).
     async fn repair(&self, thread: ThreadId, after: i64, before: i64) {
         let (after, before) = if self.gap_grace.is_zero() {
             (after, before)
@@ -519,8 +535,25 @@ impl Hub {
                 return;
             }
         };
-        self.metrics.gap_repairs.with_label_values(&["node"]).inc();
-        let fetched = self.store.messages_between(thread, after, before).await;
+        self.read_gap(thread, after, before).await;
+    }
+
+    /// Read the first page (`delivery.repair_page_max` messages) of `(after, before)` and feed
+    /// it through the same ordering rule as live messages; a full page goes on with the next.
+    /// Why pages: after an outage a gap holds everything the thread got meanwhile, and read at
+    /// once it would sit in memory whole (and then in every local session's queue).
+    async fn read_gap(&self, thread: ThreadId, after: i64, before: i64) {
+        let fetched = {
+            // The semaphore is never closed, so this cannot fail.
+            let _permit = self.repair_permits.acquire().await;
+            self.metrics.gap_repairs.with_label_values(&["node"]).inc();
+            self.store
+                .messages_between(thread, after, before, self.repair_page)
+                .await
+        };
+        let full = fetched
+            .as_ref()
+            .is_ok_and(|m| m.len() as u64 >= self.repair_page);
         let frames: Vec<(i64, (ByteString, Option<UserId>))> = match fetched {
             Ok(msgs) => msgs
                 .into_iter()
@@ -545,14 +578,26 @@ impl Hub {
                 slot.pending.entry(seq).or_insert(frame);
             }
             slot.repairing = false;
-            if progressed {
+            let held = if progressed {
                 drain(thread, slot)
             } else {
                 None
+            };
+            match (held, slot.last) {
+                (Some(r), _) => Some((r, false)),
+                // The page ended before the gap did: nothing else may reveal the rest (no
+                // message need arrive, the sweep is seconds away), so read on now.
+                (None, Some(last)) if full && last + 1 < before && !slot.repairing => {
+                    slot.repairing = true;
+                    Some(((thread, last, before), true))
+                }
+                _ => None,
             }
         };
-        if let Some(r) = next {
-            self.spawn_repairs(vec![r]);
+        match next {
+            Some((r, true)) => self.spawn_next_page(r),
+            Some((r, false)) => self.spawn_repairs(vec![r]),
+            None => {}
         }
     }
 

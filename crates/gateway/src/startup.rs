@@ -153,8 +153,7 @@ impl Application {
             lookups.clone(),
             keys.clone(),
             metrics.clone(),
-            settings.delivery.max_pending_per_thread,
-            ms(settings.delivery.gap_grace_ms),
+            &settings.delivery,
         );
         let inbound: Arc<dyn Inbound> = hub.clone();
         let Backends {

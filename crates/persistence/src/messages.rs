@@ -306,18 +306,21 @@ impl Store {
             .collect())
     }
 
-    /// Messages with `after < seq < before`, ascending (node-side gap repair).
+    /// The first `limit` messages with `after < seq < before`, ascending (gap repair: a long
+    /// gap is read a page at a time, so its reader's memory does not grow with it).
     pub async fn messages_between(
         &self,
         thread_id: ThreadId,
         after: i64,
         before: i64,
+        limit: u64,
     ) -> Result<Vec<Message>> {
         Ok(message::Entity::find()
             .filter(message::Column::ThreadId.eq(thread_id.0))
             .filter(message::Column::Seq.gt(after))
             .filter(message::Column::Seq.lt(before))
             .order_by_asc(message::Column::Seq)
+            .limit(limit)
             .all(&self.db)
             .await?
             .into_iter()

@@ -488,31 +488,40 @@ impl Session {
         }
     }
 
-    /// Write messages `(after, before)` of a thread from the database.
+    /// Write messages `(after, before)` of a thread from the database, a page
+    /// (`delivery.repair_page_max`) at a time.
     async fn fill_gap(&mut self, thread: ThreadId, after: i64, before: i64) -> Result<(), End> {
         self.state
             .metrics
             .gap_repairs
             .with_label_values(&["session"])
             .inc();
-        let msgs = self
-            .state
-            .store
-            .messages_between(thread, after, before)
-            .await
-            .map_err(|e| {
-                // Writing past a hole would break the promise; reconnect-and-resume keeps it.
-                tracing::warn!(error = %e, "session gap fill failed; asking client to resume");
-                End::Close(CloseReason::ServiceRestart)
-            })?;
-        for m in msgs {
-            let seq = m.seq;
-            self.write(ByteString::from(ServerFrame::Message(m).to_json()))
-                .await?;
-            self.state.metrics.deliveries.inc();
-            self.cursors.insert(thread, seq);
+        let page = self.state.settings.delivery.repair_page_max.max(1);
+        let mut after = after;
+        loop {
+            let msgs = self
+                .state
+                .store
+                .messages_between(thread, after, before, page)
+                .await
+                .map_err(|e| {
+                    // Writing past a hole would break the promise; reconnect-and-resume keeps it.
+                    tracing::warn!(error = %e, "session gap fill failed; asking client to resume");
+                    End::Close(CloseReason::ServiceRestart)
+                })?;
+            let full = msgs.len() as u64 >= page;
+            for m in msgs {
+                let seq = m.seq;
+                self.write(ByteString::from(ServerFrame::Message(m).to_json()))
+                    .await?;
+                self.state.metrics.deliveries.inc();
+                self.cursors.insert(thread, seq);
+                after = seq;
+            }
+            if !full || after + 1 >= before {
+                return Ok(());
+            }
         }
-        Ok(())
     }
 
     /// Write one frame. The write waits when the client does not read; it races the close
