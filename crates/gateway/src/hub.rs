@@ -170,6 +170,10 @@ impl SessionHandle {
     fn close(&self, reason: CloseReason) {
         self.port.shared().close(reason);
     }
+
+    fn drained(&self) -> bool {
+        self.port.drained()
+    }
 }
 
 struct ThreadSlot {
@@ -230,6 +234,12 @@ impl Inner {
 
 /// A repair to run once the lock is released: read `(after, before)` of `thread`.
 type Repair = (ThreadId, i64, i64);
+
+/// Longest a gap's next page waits for the thread's sessions to empty their queues.
+const PAGE_ROOM_WAIT: Duration = Duration::from_secs(2);
+
+/// How often that wait looks at the queues.
+const PAGE_ROOM_POLL: Duration = Duration::from_millis(5);
 
 /// The node-local fan-out registry.
 pub struct Hub {
@@ -498,10 +508,35 @@ impl Hub {
     }
 
     /// Go on reading a gap whose last page came back full, without the grace: what is left of
-    /// it is known to be missing.
+    /// it is known to be missing. The next page waits until the thread's local sessions have
+    /// taken the last one from their queues (for at most [`PAGE_ROOM_WAIT`]): handed out at
+    /// once, a backlog longer than a session's queue would close every session of the thread
+    /// as a slow consumer, clients that read as fast as they can included.
     fn spawn_next_page(&self, (t, after, before): Repair) {
         if let Some(hub) = self.me.upgrade() {
-            tokio::spawn(async move { hub.read_gap(t, after, before).await });
+            tokio::spawn(async move {
+                hub.wait_for_room(t).await;
+                hub.read_gap(t, after, before).await
+            });
+        }
+    }
+
+    /// Wait until every local session of `thread` has an empty queue, the thread has none, or
+    /// [`PAGE_ROOM_WAIT`] has passed (a client that does not read must not hold the others'
+    /// backlog up: the page then closes it as a slow consumer, and it resumes).
+    async fn wait_for_room(&self, thread: ThreadId) {
+        let deadline = tokio::time::Instant::now() + PAGE_ROOM_WAIT;
+        loop {
+            let drained = {
+                let g = self.lock();
+                g.threads
+                    .get(&thread)
+                    .is_none_or(|slot| slot.sessions.iter().all(SessionHandle::drained))
+            };
+            if drained || tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep(PAGE_ROOM_POLL).await;
         }
     }
 

@@ -18,6 +18,7 @@ use crate::hub::{Outbound, SessionShared};
 use crate::outbox::Outbox;
 use prometheus::IntCounter;
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
@@ -53,6 +54,13 @@ impl Port {
         &self.shared
     }
 
+    /// Whether the session has nothing waiting: its queue is empty and its worker's mailbox
+    /// holds nothing for anyone (which may be busy with other sessions' deliveries: a hint for
+    /// pacing, erring on "not yet").
+    pub fn drained(&self) -> bool {
+        self.mailbox.as_ref().is_none_or(|m| m.is_empty()) && self.outbox.is_empty()
+    }
+
     /// Hand a frame to the session: through its worker's mailbox, or directly.
     pub fn push(self: &Arc<Self>, out: Outbound) {
         match &self.mailbox {
@@ -82,6 +90,9 @@ pub struct Mailbox {
     /// Most deliveries waiting; beyond it the worker is not keeping up and the sessions that
     /// would grow the backlog are closed as slow consumers (they resume).
     max: usize,
+    /// Set while the worker hands a batch taken from the queue to its sessions: the queue is
+    /// empty then, but the batch has not reached the sessions' queues yet.
+    handing: AtomicBool,
 }
 
 thread_local! {
@@ -100,12 +111,19 @@ impl Mailbox {
                         queue: Mutex::new(Vec::new()),
                         wake: Notify::new(),
                         max: max.max(1),
+                        handing: AtomicBool::new(false),
                     });
                     tokio::task::spawn_local(mb.clone().drain());
                     mb
                 })
                 .clone()
         })
+    }
+
+    /// Whether every delivery posted here has reached its session's queue.
+    fn is_empty(&self) -> bool {
+        let q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        q.is_empty() && !self.handing.load(Ordering::Acquire)
     }
 
     fn post(&self, port: Arc<Port>, out: Outbound) {
@@ -132,10 +150,12 @@ impl Mailbox {
             {
                 let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
                 std::mem::swap(&mut batch, &mut *q);
+                self.handing.store(true, Ordering::Release);
             }
             for (port, out) in batch.drain(..) {
                 port.push_now(out);
             }
+            self.handing.store(false, Ordering::Release);
             // A burst can leave a large buffer behind; do not keep it forever.
             if batch.capacity() > 4096 {
                 batch = Vec::new();

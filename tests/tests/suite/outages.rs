@@ -131,6 +131,47 @@ async fn a_long_gap_is_read_back_in_pages_one_after_the_other() {
     c.stop().await;
 }
 
+/// A gap longer than a session's queue still reaches a client that reads: the next page waits
+/// until the thread's sessions have taken the last one from their queues. Here a queue holds 4
+/// frames, a page 3, and a session holds what it is given for 300 ms before writing it
+/// (`session.write_delay_ms`): a page handed out straight after the one before would overflow
+/// bob's queue and close him as a slow consumer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_longer_than_a_session_queue_is_paced_to_the_session() {
+    let c = Cluster::start_with(Backend::Cluster, 2, |s| {
+        s.session.outbound_queue = 4;
+        s.session.write_delay_ms = 300;
+        s.delivery.repair_page_max = 3;
+        s.delivery.sweep_interval_ms = 200;
+    })
+    .await;
+    let (alice, at) = c.user("alice").await;
+    let (bob, bt) = c.user("bob").await;
+    let thread = c.http(0).create_thread(&at, &[&bob], Some("paced")).await;
+    let mut b = c.ws(1, &bt).await;
+    // Stored without a publish, as if pub/sub had lost them: only node 1's sweep finds them.
+    let store = &c.node(0).state.store;
+    for i in 0..10 {
+        let stored = store
+            .send_message(thread, alice.id, &format!("k{i}"), &format!("m{i}"))
+            .await;
+        assert!(
+            matches!(stored, Ok(confab_persistence::SendOutcome::Stored(_))),
+            "{stored:?}"
+        );
+    }
+    for i in 0..10 {
+        let f = b
+            .recv_until_within(|f| f["type"] == "message", Duration::from_secs(10))
+            .await;
+        assert_eq!(
+            (f["seq"].as_i64(), f["body"].as_str()),
+            (Some(i + 1), Some(format!("m{i}").as_str()))
+        );
+    }
+    c.stop().await;
+}
+
 /// Alice (node 0) and bob (node 1) share a room on a private Redis; alice sends `n` messages
 /// while Redis is down (stored and acknowledged: Postgres is fine). Once Redis is back, bob's
 /// WebSocket — never dropped — gets them in order, exactly once, and live delivery resumes.
