@@ -235,9 +235,6 @@ impl Inner {
 /// A repair to run once the lock is released: read `(after, before)` of `thread`.
 type Repair = (ThreadId, i64, i64);
 
-/// Longest a gap's next page waits for the thread's sessions to empty their queues.
-const PAGE_ROOM_WAIT: Duration = Duration::from_secs(2);
-
 /// How often that wait looks at the queues.
 const PAGE_ROOM_POLL: Duration = Duration::from_millis(5);
 
@@ -259,6 +256,8 @@ pub struct Hub {
     repair_page: u64,
     /// Repairs reading the database at once (`delivery.repair_concurrency`).
     repair_permits: Semaphore,
+    /// Longest a gap's next page waits for room (`delivery.repair_page_wait_ms`).
+    page_wait: Duration,
     me: Weak<Hub>,
 }
 
@@ -285,6 +284,7 @@ impl Hub {
             gap_grace: Duration::from_millis(delivery.gap_grace_ms),
             repair_page: delivery.repair_page_max.max(1),
             repair_permits: Semaphore::new(delivery.repair_concurrency.max(1)),
+            page_wait: Duration::from_millis(delivery.repair_page_wait_ms),
             me: me.clone(),
         })
     }
@@ -509,9 +509,9 @@ impl Hub {
 
     /// Go on reading a gap whose last page came back full, without the grace: what is left of
     /// it is known to be missing. The next page waits until the thread's local sessions have
-    /// taken the last one from their queues (for at most [`PAGE_ROOM_WAIT`]): handed out at
-    /// once, a backlog longer than a session's queue would close every session of the thread
-    /// as a slow consumer, clients that read as fast as they can included.
+    /// taken the last one from their queues (for at most `delivery.repair_page_wait_ms`):
+    /// handed out at once, a backlog longer than a session's queue would close every session
+    /// of the thread as a slow consumer, clients that read as fast as they can included.
     fn spawn_next_page(&self, (t, after, before): Repair) {
         if let Some(hub) = self.me.upgrade() {
             tokio::spawn(async move {
@@ -522,10 +522,10 @@ impl Hub {
     }
 
     /// Wait until every local session of `thread` has an empty queue, the thread has none, or
-    /// [`PAGE_ROOM_WAIT`] has passed (a client that does not read must not hold the others'
-    /// backlog up: the page then closes it as a slow consumer, and it resumes).
+    /// `delivery.repair_page_wait_ms` has passed (a client that does not read must not hold
+    /// the others' backlog up: the page then closes it as a slow consumer, and it resumes).
     async fn wait_for_room(&self, thread: ThreadId) {
-        let deadline = tokio::time::Instant::now() + PAGE_ROOM_WAIT;
+        let deadline = tokio::time::Instant::now() + self.page_wait;
         loop {
             let drained = {
                 let g = self.lock();
