@@ -235,7 +235,8 @@ impl Inner {
 /// A repair to run once the lock is released: read `(after, before)` of `thread`.
 type Repair = (ThreadId, i64, i64);
 
-/// How often that wait looks at the queues.
+/// How often a gap's next page, waiting for the thread's sessions to empty their queues, looks
+/// at them.
 const PAGE_ROOM_POLL: Duration = Duration::from_millis(5);
 
 /// The node-local fan-out registry.
@@ -619,19 +620,21 @@ impl Hub {
                 None
             };
             match (held, slot.last) {
-                (Some(r), _) => Some((r, false)),
+                (Some(r), _) => Some(r),
                 // The page ended before the gap did: nothing else may reveal the rest (no
                 // message need arrive, the sweep is seconds away), so read on now.
                 (None, Some(last)) if full && last + 1 < before && !slot.repairing => {
                     slot.repairing = true;
-                    Some(((thread, last, before), true))
+                    Some((thread, last, before))
                 }
                 _ => None,
             }
         };
         match next {
-            Some((r, true)) => self.spawn_next_page(r),
-            Some((r, false)) => self.spawn_repairs(vec![r]),
+            // After a full page, whatever hole is left is the rest of this gap (messages that
+            // arrived live meanwhile wait behind it): no grace, paced to the sessions.
+            Some(r) if full => self.spawn_next_page(r),
+            Some(r) => self.spawn_repairs(vec![r]),
             None => {}
         }
     }
