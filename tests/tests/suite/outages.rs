@@ -135,7 +135,8 @@ async fn a_long_gap_is_read_back_in_pages_one_after_the_other() {
 /// until the thread's sessions have taken the last one from their queues. Here a queue holds 4
 /// frames, a page 3, and a session holds what it is given for 300 ms before writing it
 /// (`session.write_delay_ms`): a page handed out straight after the one before would overflow
-/// bob's queue and close him as a slow consumer.
+/// bob's queue and close him as a slow consumer. A message sent live after the gap (held
+/// behind it on node 1, so every page's drain finds a hole before it) must not change that.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gap_longer_than_a_session_queue_is_paced_to_the_session() {
     let c = Cluster::start_with(Backend::Cluster, 2, |s| {
@@ -160,7 +161,22 @@ async fn a_gap_longer_than_a_session_queue_is_paced_to_the_session() {
             "{stored:?}"
         );
     }
-    for i in 0..10 {
+    // Over HTTP: a socket of alice's would bring bob a presence event, one frame more in the
+    // 4 his queue holds.
+    let (status, ack) = c
+        .http(0)
+        .post(
+            &format!("/api/v1/threads/{thread}/messages"),
+            Some(&at),
+            serde_json::json!({"client_msg_id": "k10", "body": "m10"}),
+        )
+        .await;
+    assert_eq!(
+        (status, &ack["seq"]),
+        (201, &serde_json::json!(11)),
+        "{ack}"
+    );
+    for i in 0..11 {
         let f = b
             .recv_until_within(|f| f["type"] == "message", Duration::from_secs(10))
             .await;
