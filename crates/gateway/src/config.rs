@@ -283,7 +283,7 @@ pub struct DeliverySettings {
     pub repair_page_max: u64,
     /// Gap repairs reading the database at once on a node; the others wait their turn.
     pub repair_concurrency: usize,
-    /// Longest a gap's next page waits for the thread's local sessions to empty their queues.
+    /// Longest a gap's next page waits for room in the queues of the thread's local sessions.
     pub repair_page_wait_ms: u64,
 }
 

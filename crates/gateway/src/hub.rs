@@ -171,8 +171,8 @@ impl SessionHandle {
         self.port.shared().close(reason);
     }
 
-    fn drained(&self) -> bool {
-        self.port.drained()
+    fn has_room(&self, n: usize) -> bool {
+        self.port.has_room(n)
     }
 }
 
@@ -235,8 +235,8 @@ impl Inner {
 /// A repair to run once the lock is released: read `(after, before)` of `thread`.
 type Repair = (ThreadId, i64, i64);
 
-/// How often a gap's next page, waiting for the thread's sessions to empty their queues, looks
-/// at them.
+/// How often a gap's next page, waiting for room in the thread's sessions' queues, looks at
+/// them.
 const PAGE_ROOM_POLL: Duration = Duration::from_millis(5);
 
 /// The node-local fan-out registry.
@@ -509,10 +509,10 @@ impl Hub {
     }
 
     /// Go on reading a gap whose last page came back full, without the grace: what is left of
-    /// it is known to be missing. The next page waits until the thread's local sessions have
-    /// taken the last one from their queues (for at most `delivery.repair_page_wait_ms`):
-    /// handed out at once, a backlog longer than a session's queue would close every session
-    /// of the thread as a slow consumer, clients that read as fast as they can included.
+    /// it is known to be missing. The next page waits until every local session of the thread
+    /// has room for a page in its queue (for at most `delivery.repair_page_wait_ms`): handed
+    /// out at once, a backlog longer than a session's queue would close every session of the
+    /// thread as a slow consumer, clients that read as fast as they can included.
     fn spawn_next_page(&self, (t, after, before): Repair) {
         if let Some(hub) = self.me.upgrade() {
             tokio::spawn(async move {
@@ -522,19 +522,21 @@ impl Hub {
         }
     }
 
-    /// Wait until every local session of `thread` has an empty queue, the thread has none, or
-    /// `delivery.repair_page_wait_ms` has passed (a client that does not read must not hold
-    /// the others' backlog up: the page then closes it as a slow consumer, and it resumes).
+    /// Wait until every local session of `thread` has room for a page in its queue, the
+    /// thread has no session here, or `delivery.repair_page_wait_ms` has passed (a client that
+    /// does not read must not hold the others' backlog up: the page then closes it as a slow
+    /// consumer, and it resumes).
     async fn wait_for_room(&self, thread: ThreadId) {
         let deadline = tokio::time::Instant::now() + self.page_wait;
+        let page = usize::try_from(self.repair_page).unwrap_or(usize::MAX);
         loop {
-            let drained = {
+            let room = {
                 let g = self.lock();
                 g.threads
                     .get(&thread)
-                    .is_none_or(|slot| slot.sessions.iter().all(SessionHandle::drained))
+                    .is_none_or(|slot| slot.sessions.iter().all(|s| s.has_room(page)))
             };
-            if drained || tokio::time::Instant::now() >= deadline {
+            if room || tokio::time::Instant::now() >= deadline {
                 return;
             }
             tokio::time::sleep(PAGE_ROOM_POLL).await;

@@ -54,11 +54,11 @@ impl Port {
         &self.shared
     }
 
-    /// Whether the session has nothing waiting: its queue is empty and its worker's mailbox
-    /// holds nothing for anyone (which may be busy with other sessions' deliveries: a hint for
-    /// pacing, erring on "not yet").
-    pub fn drained(&self) -> bool {
-        self.mailbox.as_ref().is_none_or(|m| m.is_empty()) && self.outbox.is_empty()
+    /// Whether `n` more frames would fit in the session's queue now: its worker's mailbox holds
+    /// nothing for anyone (it may be busy with other sessions' deliveries: a hint for pacing,
+    /// erring on "not yet") and the queue has room for `n` (or is empty, if it holds fewer).
+    pub fn has_room(&self, n: usize) -> bool {
+        self.mailbox.as_ref().is_none_or(|m| m.is_empty()) && self.outbox.has_room(n)
     }
 
     /// Hand a frame to the session: through its worker's mailbox, or directly.

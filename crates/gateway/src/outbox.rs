@@ -114,6 +114,12 @@ impl Outbox {
         .await
     }
 
+    /// Whether `n` more items fit (or, for more than the queue holds, whether it is empty).
+    pub fn has_room(&self, n: usize) -> bool {
+        let q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        self.max - q.len() >= n.min(self.max)
+    }
+
     /// Whether nothing is queued.
     pub fn is_empty(&self) -> bool {
         self.queue
@@ -164,6 +170,20 @@ mod tests {
             Outbound::Direct(f) => f.to_string(),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    /// What a gap's next page asks before it is handed out (the hub's pacing).
+    #[test]
+    fn room_counts_what_still_fits_and_more_than_the_queue_holds_asks_for_empty() {
+        let q = Outbox::new(4);
+        assert!(q.has_room(3) && q.has_room(4) && q.has_room(10));
+        assert_eq!(q.try_push(item(0)), Ok(()));
+        assert!(q.has_room(3));
+        assert!(!q.has_room(4) && !q.has_room(10));
+        assert_eq!(q.try_push(item(1)), Ok(()));
+        assert!(!q.has_room(3) && q.has_room(2));
+        assert!(q.try_recv().is_some() && q.try_recv().is_some());
+        assert!(q.has_room(10));
     }
 
     #[tokio::test]

@@ -132,7 +132,7 @@ async fn a_long_gap_is_read_back_in_pages_one_after_the_other() {
 }
 
 /// A gap longer than a session's queue still reaches a client that reads: the next page waits
-/// until the thread's sessions have taken the last one from their queues. Here a queue holds 4
+/// until the thread's sessions have room for it in their queues. Here a queue holds 4
 /// frames, a page 3, and a session holds what it is given for 300 ms before writing it
 /// (`session.write_delay_ms`): a page handed out straight after the one before would overflow
 /// bob's queue and close him as a slow consumer. A message sent live after the gap (held
